@@ -1,0 +1,300 @@
+"""FLUX Playground: a Gradio web playground and API server for the FLUX.1 [dev] family.
+
+`python app.py` serves FLUX.1-dev, Kontext-dev and Redux-dev; `python app.py --demo` serves a
+tiny random-weight family offline. The UI here only declares components and wires events:
+requests, models and validation live in `pipelines/` and `presets/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import gradio as gr
+from starlette.middleware import Middleware
+
+from pipelines.manager import PipelineManager
+from pipelines.service import ArrivalStamp, Playground, endpoint_parameters, make_validator
+from pipelines.sources import ModelSources, pick_placement
+from pipelines.tiny_family import build_tiny_family, default_root
+from presets import CUSTOM, EXAMPLES, PRESETS
+
+log = logging.getLogger("flux_playground")
+
+# Every generating endpoint shares one accelerator: one request at a time across all tabs.
+ACCELERATOR = "accelerator"
+
+
+# --- start-up ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", action="store_true", default=env("FLUX_DEMO") == "1",
+                        help="serve the tiny offline demo family (env FLUX_DEMO=1)")
+    parser.add_argument("--no-demo-fallback", action="store_true",
+                        default=env("FLUX_NO_DEMO_FALLBACK") == "1",
+                        help="exit instead of falling back to the demo model when the real one cannot load")
+    parser.add_argument("--dev-model", help="hub id or folder of FLUX.1-dev (env FLUX_DEV_MODEL)")
+    parser.add_argument("--kontext-model", help="hub id or folder of FLUX.1-Kontext-dev (env FLUX_KONTEXT_MODEL)")
+    parser.add_argument("--redux-model", help="hub id or folder of FLUX.1-Redux-dev (env FLUX_REDUX_MODEL)")
+    parser.add_argument("--device", default=env("FLUX_DEVICE", "auto"), help="auto, cuda, cuda:1, cpu… (env FLUX_DEVICE)")
+    parser.add_argument("--dtype", default=env("FLUX_DTYPE", "auto"),
+                        help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32 (env FLUX_DTYPE)")
+    parser.add_argument("--outputs-dir", default=env("FLUX_OUTPUTS_DIR", "outputs"),
+                        help="where results are written (env FLUX_OUTPUTS_DIR)")
+    parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def demo_manager(placement) -> PipelineManager:
+    """The manager on the tiny random-weight family, built offline on first use."""
+    sources = ModelSources().as_demo(build_tiny_family(default_root()))
+    manager = PipelineManager(sources, placement, local_files_only=True)
+    manager.preload()
+    return manager
+
+
+def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None]:
+    """The real models when they load; otherwise the demo family and the reason why."""
+    placement = pick_placement(args.device, args.dtype)
+    if args.demo:
+        return demo_manager(placement), "started with --demo"
+    if placement.device.type == "cpu" and args.device == "auto":
+        reason = "no CUDA accelerator was found (FLUX.1-dev needs a GPU; pass --device cpu to try anyway)"
+    else:
+        sources = ModelSources.from_env(dev=args.dev_model, kontext=args.kontext_model, redux=args.redux_model)
+        manager = PipelineManager(sources, placement)
+        try:
+            manager.preload()
+            return manager, None
+        except Exception as error:  # gated repo, no token, offline, missing files, OOM…
+            reason = f"{sources.dev} could not be loaded: {type(error).__name__}: {error}"
+    if args.no_demo_fallback:
+        raise SystemExit(f"FLUX Playground: {reason}")
+    log.warning("FLUX Playground is starting in DEMO mode: %s", reason)
+    return demo_manager(placement), reason
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+
+# Gradio's Slider, Number, Dropdown, Radio and Image check values in `preprocess` and refuse
+# bad API values with a message that names no field (and, before a validator, no message at
+# all). These subclasses hand values to the endpoint unchecked; the request validator checks
+# every one against presets/ and names the field and its range. `is_template` keeps each
+# parent's frontend component. (Gradio writes a stub `app.pyi` for them; it is ignored.)
+
+
+class Slider(gr.Slider):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Number(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Dropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Radio(gr.Radio):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Image(gr.Image):
+    is_template = True
+
+    def preprocess(self, payload):
+        # A path gradio has already checked to lie in its upload cache; decoding (and its
+        # errors) happens in request validation.
+        return None if payload is None else payload.path
+
+
+def slider(name: str, mode: str | None = None, **options) -> gr.Slider:
+    spec = PRESETS.field(name)
+    return Slider(spec.min, spec.max, value=PRESETS.default(name, mode), step=spec.step,
+                  label=spec.label, info=spec.info or None, **options)
+
+
+def settings_controls(mode: str) -> dict[str, gr.Component]:
+    """The controls every mode shares, with ranges and defaults from presets/."""
+    size_default = PRESETS.modes[mode].image_size
+    controls: dict[str, gr.Component] = {}
+    with gr.Accordion("Settings", open=True):
+        with gr.Row():
+            controls["image_size"] = Dropdown(
+                list(PRESETS.size_choices(mode)), value=size_default, label="Image size",
+                info="A preset, match_input (follow the input image) or custom.",
+            )
+            controls["num_images"] = slider("num_images")
+        with gr.Row(visible=size_default == CUSTOM) as custom_row:
+            controls["width"] = slider("width")
+            controls["height"] = slider("height")
+        controls["image_size"].change(
+            lambda choice: gr.Row(visible=choice == CUSTOM), controls["image_size"], custom_row,
+            api_visibility="private", queue=False,
+        )
+        with gr.Row():
+            controls["num_inference_steps"] = slider("num_inference_steps")
+            controls["guidance_scale"] = slider("guidance_scale", mode)
+        seed = PRESETS.field("seed")
+        with gr.Row():
+            controls["seed"] = Number(value=seed.default, precision=0, label=seed.label, info=seed.info)
+            controls["output_format"] = Radio(list(PRESETS.output_formats),
+                                              value=PRESETS.default_output_format, label="Output format")
+            controls["output_quality"] = slider("output_quality")
+    return controls
+
+
+def results_column() -> tuple[gr.Gallery, gr.Number, gr.JSON]:
+    gallery = gr.Gallery(label="Results", columns=2, height=560, object_fit="contain", interactive=False)
+    seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+    with gr.Accordion("Parameters used", open=False):
+        info = gr.JSON(label="Parameters and timings")
+    return gallery, seed_used, info
+
+
+def wire(playground: Playground, mode: str, button: gr.Button, controls: dict, outputs: list):
+    """Bind a tab's Generate button to its endpoint: one named API route per mode."""
+    endpoint = getattr(playground, mode)
+    names = endpoint_parameters(endpoint)
+    return button.click(
+        endpoint, [controls[name] for name in names], outputs, api_name=mode,
+        validator=make_validator(mode, names),
+        concurrency_id=ACCELERATOR, concurrency_limit=1,
+    )
+
+
+def image_input(label: str) -> gr.Image:
+    return Image(label=label, type="filepath", sources=["upload", "clipboard"], height=360)
+
+
+def mode_tab(playground: Playground, mode: str, build_inputs) -> dict:
+    """A tab: its own inputs (from `build_inputs`), the shared settings, results and examples."""
+    with gr.Tab(PRESETS.modes[mode].title, id=mode):
+        with gr.Row():
+            with gr.Column(scale=5):
+                controls = build_inputs()
+                button = gr.Button("Generate", variant="primary")
+                controls.update(settings_controls(mode))
+            with gr.Column(scale=6):
+                outputs = results_column()
+        example_fields = list(EXAMPLES[mode][0]) if EXAMPLES[mode] else []
+        if example_fields:
+            gr.Examples([[ex[k] for k in example_fields] for ex in EXAMPLES[mode]],
+                        [controls[k] for k in example_fields], label="Examples")
+        wire(playground, mode, button, controls, list(outputs))
+        return {"controls": controls, "outputs": outputs}
+
+
+def prompt_box(label="Prompt", placeholder="Describe the image", lines=3) -> gr.Textbox:
+    return gr.Textbox(label=label, placeholder=placeholder, lines=lines, max_lines=8)
+
+
+def build_ui(playground: Playground) -> gr.Blocks:
+    with gr.Blocks(title="FLUX Playground") as demo:
+        gr.Markdown("# FLUX Playground\nFLUX.1 [dev], Kontext [dev] and Redux [dev] on one resident "
+                    "pipeline manager. Every tab is also an API endpoint: see *Use via API* below.")
+        if playground.demo_reason:
+            gr.Markdown(
+                f"**Demo mode:** {playground.demo_reason}. Results come from a tiny random-weight "
+                "model and look like noise; sizes, seeds and timings behave as with FLUX.1-dev.",
+                elem_id="demo-banner", elem_classes=["demo-banner"],
+            )
+        with gr.Tabs():
+            mode_tab(playground, "text_to_image", lambda: {
+                "prompt": prompt_box(),
+                "negative_prompt": gr.Textbox(label="Negative prompt", lines=1,
+                                              info="Used when true CFG scale is above 1."),
+                "true_cfg_scale": slider("true_cfg_scale"),
+            })
+            mode_tab(playground, "image_to_image", lambda: {
+                "image": image_input("Input image"),
+                "prompt": prompt_box(),
+                "strength": slider("strength"),
+            })
+            kontext = mode_tab(playground, "kontext_edit", lambda: {
+                "image": image_input("Image to edit"),
+                "prompt": prompt_box("Instruction", "What to change, e.g. 'make it a watercolor'", 2),
+            })
+            mode_tab(playground, "redux_variation", lambda: {
+                "image": image_input("Source image"),
+                "prompt": prompt_box("Prompt (optional)", "Optionally steer the variations", 2),
+                "prompt_embeds_scale": slider("prompt_embeds_scale"),
+                "pooled_prompt_embeds_scale": slider("pooled_prompt_embeds_scale"),
+            })
+        add_iterative_editing(kontext)
+        with gr.Accordion("Model status", open=False):
+            status = gr.JSON(label="Pipeline manager")
+            refresh = gr.Button("Refresh", size="sm")
+        refresh.click(playground.status, None, status, api_name="status")
+        demo.load(playground.status, None, status, api_visibility="private")
+    return demo
+
+
+def add_iterative_editing(kontext: dict) -> None:
+    """'Edit this result': the selected (or first) Kontext result becomes the next input."""
+    gallery = kontext["outputs"][0]
+    selected = gr.State(0)
+    use_result = gr.Button("Edit this result next", size="sm")
+    gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
+    use_result.click(_result_as_input, [gallery, selected], kontext["controls"]["image"],
+                     api_visibility="private", queue=False)
+
+
+def _selected_index(event: gr.SelectData) -> int:
+    return event.index
+
+
+def _result_as_input(gallery: list | None, index: int):
+    if not gallery:
+        raise gr.Error("Generate an edit first, then send it back as the next input.")
+    item = gallery[min(index, len(gallery) - 1)]
+    return item[0] if isinstance(item, (list, tuple)) else item
+
+
+def launch_options(args: argparse.Namespace, outputs_dir: Path) -> dict:
+    return {
+        "server_name": args.host,
+        "server_port": args.port,
+        "share": args.share,
+        "allowed_paths": [str(outputs_dir)],
+        "app_kwargs": {"middleware": [Middleware(ArrivalStamp)]},
+    }
+
+
+def create_app(args: argparse.Namespace) -> tuple[gr.Blocks, Playground]:
+    manager, demo_reason = start_manager(args)
+    playground = Playground(manager, Path(args.outputs_dir).resolve(), demo_reason)
+    demo = build_ui(playground)
+    demo.queue(default_concurrency_limit=1)
+    return demo, playground
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    demo, playground = create_app(args)
+    demo.launch(**launch_options(args, playground.outputs_dir))
+
+
+if __name__ == "__main__":
+    main()

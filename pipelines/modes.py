@@ -1,0 +1,137 @@
+"""The four modes: each turns a validated request into images with the manager's pipelines.
+
+The manager owns the models; these functions own what a request means to diffusers. They
+add nothing to the math: each is one plain diffusers call with the request's values, so
+their output equals a diffusers pipeline built from the same weights.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from pipelines.manager import PipelineManager
+from pipelines.requests import (
+    GenerationRequest,
+    ImageToImageRequest,
+    KontextEditRequest,
+    ReduxVariationRequest,
+    TextToImageRequest,
+)
+
+# Called after every denoising step with (image index, step done, steps in this image).
+StepCallback = Callable[[int, int, int], None]
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator: the same seed gives the same noise on any device."""
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def _step_callback(on_step: StepCallback | None, image_index: int):
+    """A diffusers `callback_on_step_end` that reports progress and changes nothing."""
+
+    def callback(pipe, step: int, timestep, callback_kwargs):
+        if on_step is not None:
+            on_step(image_index, step + 1, pipe.num_timesteps)
+        return callback_kwargs
+
+    return callback
+
+
+def _shared_arguments(request: GenerationRequest) -> dict:
+    return {
+        "width": request.width,
+        "height": request.height,
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+    }
+
+
+def text_to_image(pipes, request: TextToImageRequest, generator, callback) -> Image.Image:
+    (pipe,) = pipes
+    return pipe(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or None,
+        true_cfg_scale=request.true_cfg_scale,
+        generator=generator,
+        callback_on_step_end=callback,
+        **_shared_arguments(request),
+    ).images[0]
+
+
+def image_to_image(pipes, request: ImageToImageRequest, generator, callback) -> Image.Image:
+    (pipe,) = pipes
+    return pipe(
+        prompt=request.prompt,
+        image=request.image,
+        strength=request.strength,
+        generator=generator,
+        callback_on_step_end=callback,
+        **_shared_arguments(request),
+    ).images[0]
+
+
+def kontext_edit(pipes, request: KontextEditRequest, generator, callback) -> Image.Image:
+    (pipe,) = pipes
+    return pipe(
+        prompt=request.prompt,
+        image=request.image,
+        # Kontext rescales width and height to `max_area` keeping their aspect; giving it
+        # the requested area keeps the requested size exact.
+        max_area=request.width * request.height,
+        generator=generator,
+        callback_on_step_end=callback,
+        **_shared_arguments(request),
+    ).images[0]
+
+
+def redux_prior(prior, request: ReduxVariationRequest) -> dict:
+    """Redux's conditioning: SigLIP image tokens appended to the encoded prompt ("" if none,
+    as BFL's reference encodes it), each scaled."""
+    output = prior(
+        image=request.image,
+        prompt=request.prompt,
+        prompt_embeds_scale=request.prompt_embeds_scale,
+        pooled_prompt_embeds_scale=request.pooled_prompt_embeds_scale,
+    )
+    return {"prompt_embeds": output.prompt_embeds, "pooled_prompt_embeds": output.pooled_prompt_embeds}
+
+
+def redux_variation(pipes, request: ReduxVariationRequest, generator, callback, conditioning) -> Image.Image:
+    _, pipe = pipes
+    return pipe(
+        **conditioning,
+        generator=generator,
+        callback_on_step_end=callback,
+        **_shared_arguments(request),
+    ).images[0]
+
+
+@torch.inference_mode()
+def generate(manager: PipelineManager, request: GenerationRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
+    """Run `request` on the manager's pipelines, one image per seed, holding the accelerator.
+
+    Images are generated one at a time with their own generator, so image i of any request
+    is bit-identical to a one-image request with seed + i.
+    """
+    with manager.lock:
+        pipes = manager.enter_mode(request.mode)
+        extra = {}
+        if isinstance(request, ReduxVariationRequest):
+            extra["conditioning"] = redux_prior(pipes[0], request)
+        runner = RUNNERS[request.mode]
+        return [
+            runner(pipes, request, seeded_generator(seed), _step_callback(on_step, index), **extra)
+            for index, seed in enumerate(request.seeds())
+        ]
+
+
+RUNNERS = {
+    "text_to_image": text_to_image,
+    "image_to_image": image_to_image,
+    "kontext_edit": kontext_edit,
+    "redux_variation": redux_variation,
+}

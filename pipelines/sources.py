@@ -1,0 +1,73 @@
+"""Where the models come from and where they run: hub ids or local folders, device and dtype.
+
+Every source goes through the same `from_pretrained` code, so a hub id, a local snapshot
+and the offline demo family are loaded identically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+import torch
+
+DEFAULT_SOURCES = {
+    "dev": "black-forest-labs/FLUX.1-dev",
+    "kontext": "black-forest-labs/FLUX.1-Kontext-dev",
+    "redux": "black-forest-labs/FLUX.1-Redux-dev",
+}
+# Each source can be overridden by this environment variable (and by a flag of app.py).
+SOURCE_ENV_VARS = {
+    "dev": "FLUX_DEV_MODEL",
+    "kontext": "FLUX_KONTEXT_MODEL",
+    "redux": "FLUX_REDUX_MODEL",
+}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """The three model repositories (hub ids or local folders) and how to name them to users."""
+
+    dev: str = DEFAULT_SOURCES["dev"]
+    kontext: str = DEFAULT_SOURCES["kontext"]
+    redux: str = DEFAULT_SOURCES["redux"]
+    demo: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: str | None) -> "ModelSources":
+        """Defaults, then environment variables, then explicit overrides (command-line flags)."""
+        values = {key: env.get(var) or DEFAULT_SOURCES[key] for key, var in SOURCE_ENV_VARS.items()}
+        values.update({key: value for key, value in overrides.items() if value})
+        return cls(**values)
+
+    def model_name(self, key: str) -> str:
+        """The name shown with every result; demo weights say so."""
+        source = getattr(self, key)
+        name = source.rstrip("/").split("/")[-1] if os.path.isdir(source) else source
+        return f"{name} (demo: tiny random weights)" if self.demo else name
+
+    def as_demo(self, folders: Mapping[str, os.PathLike]) -> "ModelSources":
+        return replace(self, demo=True, **{key: str(path) for key, path in folders.items()})
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    dtype: torch.dtype
+
+
+def pick_placement(device: str | None = None, dtype: str | None = None) -> Placement:
+    """CUDA in bfloat16 when present (FLUX's native dtype), else CPU in float32.
+
+    bfloat16 matmuls on most CPUs are emulated and several times slower than float32.
+    """
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if dtype in (None, "", "auto"):
+        dtype = "bfloat16" if resolved.type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
+    return Placement(device=resolved, dtype=DTYPES[dtype])
