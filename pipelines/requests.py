@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Mapping
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.images import fit_size, kontext_size, size_at_area, to_rgb
-from presets import CUSTOM, MATCH_INPUT, PRESETS
+from presets import CUSTOM, PRESETS, format_number
 
 # Redux and image-to-image outputs that follow the input are about this many pixels.
 MATCH_INPUT_AREA = 1024 * 1024
@@ -125,7 +125,7 @@ class _FieldReader:
             self.fail(name, f"{expected} (a whole number), got {value}")
             return None
         if not spec.min <= value <= spec.max:
-            self.fail(name, f"{expected}, got {value:g}")
+            self.fail(name, f"{expected}, got {format_number(value)}")
             return None
         return int(value) if spec.kind == "int" else float(value)
 

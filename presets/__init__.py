@@ -21,6 +21,11 @@ MATCH_INPUT = "match_input"
 CUSTOM = "custom"
 
 
+def format_number(value: float) -> str:
+    """1, 0.01, 4294967295: whole numbers in full, others as short as they read."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 @dataclass(frozen=True)
 class NumericField:
     name: str
@@ -34,7 +39,7 @@ class NumericField:
 
     def describe_range(self) -> str:
         kind = "an integer" if self.kind == "int" else "a number"
-        return f"{kind} from {self.min:g} to {self.max:g}"
+        return f"{kind} from {format_number(self.min)} to {format_number(self.max)}"
 
 
 @dataclass(frozen=True)

@@ -60,3 +60,40 @@ def client(served):
 @pytest.fixture(scope="session")
 def playground(served):
     return served[1]
+
+
+# --- helpers for tests -------------------------------------------------------------------------
+
+EXAMPLE_BIRD = "presets/examples/bluebird.jpg"  # 640x640
+EXAMPLE_LAKE = "presets/examples/lake_sunset.jpg"  # 768x512
+
+# Small and fast, but with the real geometry: sizes still go through the VAE's 8x and the 2x2 packing.
+FAST = {"num_inference_steps": 2, "image_size": "custom", "width": 256, "height": 256}
+
+
+def result_images(result) -> list:
+    """The PIL images of an endpoint's gallery output, fully decoded."""
+    from PIL import Image
+
+    gallery = result[0]
+    images = []
+    for item in gallery:
+        with Image.open(item["image"]) as image:
+            image.load()
+            images.append(image)
+    return images
+
+
+def pixels(image):
+    import numpy as np
+
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def call(client, api_name: str, **kwargs):
+    """Call an endpoint by keyword, uploading any example image argument."""
+    from gradio_client import handle_file
+
+    if "image" in kwargs and isinstance(kwargs["image"], str):
+        kwargs["image"] = handle_file(kwargs["image"])
+    return client.predict(api_name=api_name, **kwargs)
