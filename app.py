@@ -16,7 +16,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from pipelines.manager import PipelineManager
-from pipelines.service import ArrivalStamp, Playground, endpoint_parameters, make_validator
+from pipelines.service import ENDPOINTS, ArrivalStamp, Playground, make_validator
 from pipelines.sources import ModelSources, pick_placement
 from pipelines.tiny_family import build_tiny_family, default_root
 from presets import CUSTOM, EXAMPLES, PRESETS
@@ -91,32 +91,28 @@ def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None
 # parent's frontend component. (Gradio writes a stub `app.pyi` for them; it is ignored.)
 
 
+def _unchecked(self, payload):
+    return payload
+
+
 class Slider(gr.Slider):
     is_template = True
-
-    def preprocess(self, payload):
-        return payload
+    preprocess = _unchecked
 
 
 class Number(gr.Number):
     is_template = True
-
-    def preprocess(self, payload):
-        return payload
+    preprocess = _unchecked
 
 
 class Dropdown(gr.Dropdown):
     is_template = True
-
-    def preprocess(self, payload):
-        return payload
+    preprocess = _unchecked
 
 
 class Radio(gr.Radio):
     is_template = True
-
-    def preprocess(self, payload):
-        return payload
+    preprocess = _unchecked
 
 
 class Image(gr.Image):
@@ -174,10 +170,9 @@ def results_column() -> tuple[gr.Gallery, gr.Number, gr.JSON]:
 
 def wire(playground: Playground, mode: str, button: gr.Button, controls: dict, outputs: list):
     """Bind a tab's Generate button to its endpoint: one named API route per mode."""
-    endpoint = getattr(playground, mode)
-    names = endpoint_parameters(endpoint)
+    names = list(ENDPOINTS[mode].parameters)
     return button.click(
-        endpoint, [controls[name] for name in names], outputs, api_name=mode,
+        playground.endpoint(mode), [controls[name] for name in names], outputs, api_name=mode,
         validator=make_validator(mode, names),
         concurrency_id=ACCELERATOR, concurrency_limit=1,
     )

@@ -171,6 +171,11 @@ class PipelineManager:
             self._pipelines[name].set_progress_bar_config(disable=True)
         return self._pipelines[name]
 
+    def missing_components(self, mode: str) -> list[str]:
+        """Components the mode still has to load (its first request pays for them)."""
+        needed = {c for name in MODE_PIPELINES[mode] for c in PIPELINES[name][1].values()}
+        return sorted(needed - set(self._components))
+
     def enter_mode(self, mode: str) -> tuple[Any, ...]:
         """The pipelines a mode runs, counting switches between modes. Call with `lock` held."""
         if self._current_mode not in (None, mode):
@@ -222,7 +227,7 @@ class PipelineManager:
         }
         return {
             "demo": self.sources.demo,
-            "models": {key: self.sources.model_name(key) for key in ("dev", "kontext", "redux")},
+            "models": {mode: self.sources.label_for(mode) for mode in MODE_PIPELINES},
             "device": str(self.placement.device),
             "dtype": str(self.placement.dtype).removeprefix("torch."),
             "components": components,

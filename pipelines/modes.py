@@ -7,7 +7,7 @@ their output equals a diffusers pipeline built from the same weights.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -50,88 +50,70 @@ def _shared_arguments(request: GenerationRequest) -> dict:
     }
 
 
-def text_to_image(pipes, request: TextToImageRequest, generator, callback) -> Image.Image:
-    (pipe,) = pipes
-    return pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt or None,
-        true_cfg_scale=request.true_cfg_scale,
-        generator=generator,
-        callback_on_step_end=callback,
-        **_shared_arguments(request),
-    ).images[0]
+def _prompted_arguments(request: GenerationRequest) -> dict:
+    return {"prompt": request.prompt, **_shared_arguments(request)}
 
 
-def image_to_image(pipes, request: ImageToImageRequest, generator, callback) -> Image.Image:
-    (pipe,) = pipes
-    return pipe(
-        prompt=request.prompt,
-        image=request.image,
-        strength=request.strength,
-        generator=generator,
-        callback_on_step_end=callback,
-        **_shared_arguments(request),
-    ).images[0]
+def text_to_image_arguments(request: TextToImageRequest, conditioners=()) -> dict:
+    negative = {"negative_prompt": request.negative_prompt or None, "true_cfg_scale": request.true_cfg_scale}
+    return {**_prompted_arguments(request), **negative}
 
 
-def kontext_edit(pipes, request: KontextEditRequest, generator, callback) -> Image.Image:
-    (pipe,) = pipes
-    return pipe(
-        prompt=request.prompt,
-        image=request.image,
-        # Kontext rescales width and height to `max_area` keeping their aspect; giving it
-        # the requested area keeps the requested size exact.
-        max_area=request.width * request.height,
-        generator=generator,
-        callback_on_step_end=callback,
-        **_shared_arguments(request),
-    ).images[0]
+def image_to_image_arguments(request: ImageToImageRequest, conditioners=()) -> dict:
+    return {**_prompted_arguments(request), "image": request.image, "strength": request.strength}
 
 
-def redux_prior(prior, request: ReduxVariationRequest) -> dict:
-    """Redux's conditioning: SigLIP image tokens appended to the encoded prompt ("" if none,
-    as BFL's reference encodes it), each scaled."""
+def kontext_edit_arguments(request: KontextEditRequest, conditioners=()) -> dict:
+    # Kontext rescales width and height to `max_area` keeping their aspect; giving it the
+    # requested area keeps the requested size exact.
+    area = request.width * request.height
+    return {**_prompted_arguments(request), "image": request.image, "max_area": area}
+
+
+def redux_variation_arguments(request: ReduxVariationRequest, conditioners=()) -> dict:
+    """Redux's conditioning from its prior: SigLIP image tokens appended to the encoded prompt
+    ("" if none, as BFL's reference encodes it), each scaled; computed once for all images."""
+    (prior,) = conditioners
     output = prior(
         image=request.image,
         prompt=request.prompt,
         prompt_embeds_scale=request.prompt_embeds_scale,
         pooled_prompt_embeds_scale=request.pooled_prompt_embeds_scale,
     )
-    return {"prompt_embeds": output.prompt_embeds, "pooled_prompt_embeds": output.pooled_prompt_embeds}
-
-
-def redux_variation(pipes, request: ReduxVariationRequest, generator, callback, conditioning) -> Image.Image:
-    _, pipe = pipes
-    return pipe(
-        **conditioning,
-        generator=generator,
-        callback_on_step_end=callback,
+    return {
+        "prompt_embeds": output.prompt_embeds,
+        "pooled_prompt_embeds": output.pooled_prompt_embeds,
         **_shared_arguments(request),
-    ).images[0]
+    }
+
+
+# Each mode's diffusers call arguments, given the request and the pipelines that run before
+# the generating one (Redux's prior).
+ARGUMENTS = {
+    "text_to_image": text_to_image_arguments,
+    "image_to_image": image_to_image_arguments,
+    "kontext_edit": kontext_edit_arguments,
+    "redux_variation": redux_variation_arguments,
+}
 
 
 @torch.inference_mode()
-def generate(manager: PipelineManager, request: GenerationRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
+def generate(
+    manager: PipelineManager, request: GenerationRequest, on_step: StepCallback | None = None
+) -> list[Image.Image]:
     """Run `request` on the manager's pipelines, one image per seed, holding the accelerator.
 
     Images are generated one at a time with their own generator, so image i of any request
     is bit-identical to a one-image request with seed + i.
     """
     with manager.lock:
-        pipes = manager.enter_mode(request.mode)
-        extra = {}
-        if isinstance(request, ReduxVariationRequest):
-            extra["conditioning"] = redux_prior(pipes[0], request)
-        runner = RUNNERS[request.mode]
+        *conditioners, pipe = manager.enter_mode(request.mode)
+        arguments = ARGUMENTS[request.mode](request, conditioners)
         return [
-            runner(pipes, request, seeded_generator(seed), _step_callback(on_step, index), **extra)
+            pipe(
+                **arguments,
+                generator=seeded_generator(seed),
+                callback_on_step_end=_step_callback(on_step, index),
+            ).images[0]
             for index, seed in enumerate(request.seeds())
         ]
-
-
-RUNNERS = {
-    "text_to_image": text_to_image,
-    "image_to_image": image_to_image,
-    "kontext_edit": kontext_edit,
-    "redux_variation": redux_variation,
-}

@@ -10,10 +10,11 @@ import inspect
 import logging
 import time
 import uuid
-from dataclasses import asdict, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 import torch
@@ -55,11 +56,57 @@ def _arrival_time(request: gr.Request | None) -> float:
         return time.monotonic()
 
 
-def endpoint_parameters(endpoint: Callable) -> list[str]:
-    """The API parameter names of an endpoint, in order (gradio's own request/progress excluded)."""
-    return [
-        name for name in inspect.signature(endpoint).parameters if name not in ("request", "progress")
-    ]
+# Parameters every generating endpoint takes after its own, in this order.
+SHARED_PARAMETERS = (
+    "image_size", "width", "height", "num_inference_steps", "guidance_scale", "seed",
+    "num_images", "output_format", "output_quality",
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One named API endpoint: its parameters (snake_case, as the hosted FLUX APIs name them),
+    which of them a caller must give, and its description on the API page."""
+
+    mode: str
+    own_parameters: tuple[str, ...]
+    required: tuple[str, ...]
+    description: str
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return self.own_parameters + SHARED_PARAMETERS
+
+    def signature(self) -> inspect.Signature:
+        keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        parameters = [
+            inspect.Parameter(name, keyword, default=inspect.Parameter.empty if name in self.required else None)
+            for name in self.parameters
+        ]
+        # gradio passes these by their annotation and default: the HTTP request, the progress bar.
+        parameters.append(inspect.Parameter("request", keyword, default=None, annotation=gr.Request))
+        parameters.append(inspect.Parameter("progress", keyword, default=gr.Progress()))
+        return inspect.Signature(parameters)
+
+
+ENDPOINTS = {
+    endpoint.mode: endpoint
+    for endpoint in (
+        Endpoint("text_to_image", ("prompt", "negative_prompt", "true_cfg_scale"), ("prompt",),
+                 "Generate images from a prompt with FLUX.1 [dev]. Returns the images, the seed used "
+                 "and the parameters with timings."),
+        Endpoint("image_to_image", ("image", "prompt", "strength"), ("image", "prompt"),
+                 "Transform an input image with a prompt (FLUX.1 [dev] image-to-image); strength sets "
+                 "how much changes. By default the output has the input's size."),
+        Endpoint("kontext_edit", ("image", "prompt"), ("image", "prompt"),
+                 "Edit an image by instruction with FLUX.1 Kontext [dev]. By default the output has the "
+                 "Kontext training resolution (about one megapixel) nearest the input's aspect."),
+        Endpoint("redux_variation", ("image", "prompt", "prompt_embeds_scale", "pooled_prompt_embeds_scale"),
+                 ("image",),
+                 "Make variations of an image with FLUX.1 Redux [dev] on FLUX.1 [dev]; an optional prompt "
+                 "steers them. By default the output keeps the input's aspect at about one megapixel."),
+    )
+}
 
 
 def make_validator(mode: str, names: list[str]) -> Callable:
@@ -104,48 +151,26 @@ class Playground:
         self.demo_reason = demo_reason
 
     # --- endpoints -------------------------------------------------------------------------
-    # A parameter left out (None) takes its default from presets/; gradio_client shows the
-    # components' initial values, which come from presets/ too.
 
-    def text_to_image(
-        self, prompt: str, negative_prompt: str | None = None, image_size: str | None = None,
-        width: int | None = None, height: int | None = None, num_inference_steps: int | None = None,
-        guidance_scale: float | None = None, true_cfg_scale: float | None = None, seed: int | None = None,
-        num_images: int | None = None, output_format: str | None = None, output_quality: int | None = None,
-        request: gr.Request = None, progress=gr.Progress(),
-    ):
-        """Generate images from a prompt with FLUX.1 [dev]. Returns the images, the seed used and the parameters with timings."""
-        return self._run("text_to_image", locals(), request, progress)
+    def endpoint(self, mode: str) -> Callable:
+        """The named API endpoint for `mode`: a function whose signature is the API's parameters.
 
-    def image_to_image(
-        self, image: str, prompt: str, strength: float | None = None, image_size: str | None = None,
-        width: int | None = None, height: int | None = None, num_inference_steps: int | None = None,
-        guidance_scale: float | None = None, seed: int | None = None, num_images: int | None = None,
-        output_format: str | None = None, output_quality: int | None = None,
-        request: gr.Request = None, progress=gr.Progress(),
-    ):
-        """Transform an input image with a prompt (FLUX.1 [dev] image-to-image); strength sets how much changes."""
-        return self._run("image_to_image", locals(), request, progress)
+        Parameters left out (None) take their defaults from presets/; gradio_client fills in
+        the components' initial values, which come from presets/ too.
+        """
+        spec = ENDPOINTS[mode]
+        signature = spec.signature()
 
-    def kontext_edit(
-        self, image: str, prompt: str, image_size: str | None = None, width: int | None = None,
-        height: int | None = None, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-        seed: int | None = None, num_images: int | None = None, output_format: str | None = None, output_quality: int | None = None,
-        request: gr.Request = None, progress=gr.Progress(),
-    ):
-        """Edit an image by instruction with FLUX.1 Kontext [dev]; by default the output keeps the input's aspect at about one megapixel."""
-        return self._run("kontext_edit", locals(), request, progress)
+        def run(*args, **kwargs):
+            values = signature.bind(*args, **kwargs).arguments
+            raw = {name: values.get(name) for name in spec.parameters}
+            return self._run(mode, raw, values.get("request"), values.get("progress") or gr.Progress())
 
-    def redux_variation(
-        self, image: str, prompt: str | None = None, prompt_embeds_scale: float | None = None,
-        pooled_prompt_embeds_scale: float | None = None, image_size: str | None = None,
-        width: int | None = None, height: int | None = None, num_inference_steps: int | None = None,
-        guidance_scale: float | None = None, seed: int | None = None, num_images: int | None = None,
-        output_format: str | None = None, output_quality: int | None = None,
-        request: gr.Request = None, progress=gr.Progress(),
-    ):
-        """Make variations of an image with FLUX.1 Redux [dev]; an optional prompt steers them."""
-        return self._run("redux_variation", locals(), request, progress)
+        run.__name__ = run.__qualname__ = mode
+        run.__doc__ = spec.description
+        run.__signature__ = signature
+        run.__annotations__ = {"request": gr.Request}
+        return run
 
     def status(self) -> dict[str, Any]:
         """The pipeline manager's state: components loaded (from where, device, dtype, bytes, load counts), pipelines and mode switches."""
@@ -155,16 +180,15 @@ class Playground:
 
     # --- the shared path ---------------------------------------------------------------------
 
-    def _run(self, mode: str, values: dict[str, Any], request: gr.Request | None, progress) -> tuple:
+    def _run(self, mode: str, raw: dict[str, Any], request: gr.Request | None, progress) -> tuple:
         received = _arrival_time(request)
-        raw = {name: values[name] for name in endpoint_parameters(getattr(self, mode))}
         try:
             parsed = with_seed(parse_request(mode, raw))
         except RequestError as error:
             raise gr.Error(str(error), title="Invalid request") from None
         request_id = uuid.uuid4().hex[:12]
         images, started, finished = self._generate(parsed, request_id, progress)
-        model = self.manager.sources.model_name("kontext" if mode == "kontext_edit" else "dev")
+        model = self.manager.sources.label_for(mode)
         info = request_info(parsed, model)
         info["request_id"] = request_id
         info["timings"] = {
@@ -184,6 +208,9 @@ class Playground:
 
         with self.manager.lock:
             started = time.monotonic()
+            missing = self.manager.missing_components(parsed.mode)
+            if missing:  # a mode's first request loads its weights: say so rather than sit still
+                progress(0, desc=f"Loading {', '.join(missing)}")
             try:
                 images = generate(self.manager, parsed, on_step)
             except torch.OutOfMemoryError:

@@ -7,8 +7,8 @@ and the offline demo family are loaded identically.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 import torch
 
@@ -23,6 +23,13 @@ SOURCE_ENV_VARS = {
     "kontext": "FLUX_KONTEXT_MODEL",
     "redux": "FLUX_REDUX_MODEL",
 }
+# The repositories each playground mode draws on.
+MODE_MODELS = {
+    "text_to_image": ("dev",),
+    "image_to_image": ("dev",),
+    "kontext_edit": ("kontext",),
+    "redux_variation": ("redux", "dev"),
+}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -36,19 +43,23 @@ class ModelSources:
     demo: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: str | None) -> "ModelSources":
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: str | None) -> ModelSources:
         """Defaults, then environment variables, then explicit overrides (command-line flags)."""
         values = {key: env.get(var) or DEFAULT_SOURCES[key] for key, var in SOURCE_ENV_VARS.items()}
         values.update({key: value for key, value in overrides.items() if value})
         return cls(**values)
 
     def model_name(self, key: str) -> str:
-        """The name shown with every result; demo weights say so."""
+        """A repository's name as users know it: the hub id, or a local folder's name."""
         source = getattr(self, key)
-        name = source.rstrip("/").split("/")[-1] if os.path.isdir(source) else source
-        return f"{name} (demo: tiny random weights)" if self.demo else name
+        return source.rstrip("/").split("/")[-1] if os.path.isdir(source) else source
 
-    def as_demo(self, folders: Mapping[str, os.PathLike]) -> "ModelSources":
+    def label_for(self, mode: str) -> str:
+        """The models behind a mode, as shown with every result; demo weights say so."""
+        label = " + ".join(self.model_name(key) for key in MODE_MODELS[mode])
+        return f"{label} (demo: tiny random weights)" if self.demo else label
+
+    def as_demo(self, folders: Mapping[str, os.PathLike]) -> ModelSources:
         return replace(self, demo=True, **{key: str(path) for key, path in folders.items()})
 
 

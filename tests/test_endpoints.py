@@ -103,8 +103,11 @@ def test_api_page_lists_every_endpoint_with_snake_case_parameters(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert set(api) == {"/text_to_image", "/image_to_image", "/kontext_edit", "/redux_variation", "/status"}
     names = [p["parameter_name"] for p in api["/text_to_image"]["parameters"]]
-    assert names == ["prompt", "negative_prompt", "image_size", "width", "height", "num_inference_steps",
-                     "guidance_scale", "true_cfg_scale", "seed", "num_images", "output_format", "output_quality"]
+    assert names == ["prompt", "negative_prompt", "true_cfg_scale", "image_size", "width", "height",
+                     "num_inference_steps", "guidance_scale", "seed", "num_images", "output_format",
+                     "output_quality"]
+    required = {p["parameter_name"] for p in api["/redux_variation"]["parameters"] if not p["parameter_has_default"]}
+    assert required == {"image"}
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/kontext_edit"]["parameters"]}
     assert defaults["guidance_scale"] == 2.5 and defaults["num_inference_steps"] == 28
     assert defaults["image_size"] == "match_input"

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, call, pixels, result_images
-from diffusers import FluxImg2ImgPipeline, FluxKontextPipeline, FluxPipeline, FluxPriorReduxPipeline
+from diffusers import (
+    FluxImg2ImgPipeline,
+    FluxKontextPipeline,
+    FluxPipeline,
+    FluxPriorReduxPipeline,
+)
 from PIL import Image
 
 STEPS = 3
