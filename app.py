@@ -156,13 +156,13 @@ def settings_controls(mode: str) -> dict[str, gr.Component]:
             controls["seed"] = Number(value=seed.default, precision=0, label=seed.label, info=seed.info)
             controls["output_format"] = Radio(list(PRESETS.output_formats),
                                               value=PRESETS.default_output_format, label="Output format")
-            controls["output_quality"] = slider("output_quality")
+        controls["output_quality"] = slider("output_quality")
     return controls
 
 
 def results_column() -> tuple[gr.Gallery, gr.Number, gr.JSON]:
-    gallery = gr.Gallery(label="Results", columns=2, height=560, object_fit="contain", interactive=False)
-    seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+    gallery = gr.Gallery(label="Results", columns=2, height="auto", object_fit="contain", interactive=False)
+    seed_used = gr.Number(value=None, label="Seed used", precision=0, interactive=False)
     with gr.Accordion("Parameters used", open=False):
         info = gr.JSON(label="Parameters and timings")
     return gallery, seed_used, info
@@ -182,8 +182,9 @@ def image_input(label: str) -> gr.Image:
     return Image(label=label, type="filepath", sources=["upload", "clipboard"], height=360)
 
 
-def mode_tab(playground: Playground, mode: str, build_inputs) -> dict:
-    """A tab: its own inputs (from `build_inputs`), the shared settings, results and examples."""
+def mode_tab(playground: Playground, mode: str, build_inputs, add_to_results=None) -> None:
+    """A tab: its own inputs (from `build_inputs`), the shared settings, results and examples.
+    `add_to_results(controls, outputs)` may add controls under the results."""
     with gr.Tab(PRESETS.modes[mode].title, id=mode):
         with gr.Row():
             with gr.Column(scale=5):
@@ -192,12 +193,13 @@ def mode_tab(playground: Playground, mode: str, build_inputs) -> dict:
                 controls.update(settings_controls(mode))
             with gr.Column(scale=6):
                 outputs = results_column()
+                if add_to_results:
+                    add_to_results(controls, outputs)
         example_fields = list(EXAMPLES[mode][0]) if EXAMPLES[mode] else []
         if example_fields:
             gr.Examples([[ex[k] for k in example_fields] for ex in EXAMPLES[mode]],
                         [controls[k] for k in example_fields], label="Examples")
         wire(playground, mode, button, controls, list(outputs))
-        return {"controls": controls, "outputs": outputs}
 
 
 def prompt_box(label="Prompt", placeholder="Describe the image", lines=3) -> gr.Textbox:
@@ -226,17 +228,16 @@ def build_ui(playground: Playground) -> gr.Blocks:
                 "prompt": prompt_box(),
                 "strength": slider("strength"),
             })
-            kontext = mode_tab(playground, "kontext_edit", lambda: {
+            mode_tab(playground, "kontext_edit", lambda: {
                 "image": image_input("Image to edit"),
                 "prompt": prompt_box("Instruction", "What to change, e.g. 'make it a watercolor'", 2),
-            })
+            }, add_to_results=add_iterative_editing)
             mode_tab(playground, "redux_variation", lambda: {
                 "image": image_input("Source image"),
                 "prompt": prompt_box("Prompt (optional)", "Optionally steer the variations", 2),
                 "prompt_embeds_scale": slider("prompt_embeds_scale"),
                 "pooled_prompt_embeds_scale": slider("pooled_prompt_embeds_scale"),
             })
-        add_iterative_editing(kontext)
         with gr.Accordion("Model status", open=False):
             status = gr.JSON(label="Pipeline manager")
             refresh = gr.Button("Refresh", size="sm")
@@ -245,13 +246,13 @@ def build_ui(playground: Playground) -> gr.Blocks:
     return demo
 
 
-def add_iterative_editing(kontext: dict) -> None:
-    """'Edit this result': the selected (or first) Kontext result becomes the next input."""
-    gallery = kontext["outputs"][0]
+def add_iterative_editing(controls: dict, outputs: tuple) -> None:
+    """'Edit this result next': the selected (or first) Kontext result becomes the next input."""
+    gallery = outputs[0]
     selected = gr.State(0)
-    use_result = gr.Button("Edit this result next", size="sm")
+    use_result = gr.Button("Edit this result next", size="sm", elem_id="edit-result-next")
     gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
-    use_result.click(_result_as_input, [gallery, selected], kontext["controls"]["image"],
+    use_result.click(_result_as_input, [gallery, selected], controls["image"],
                      api_visibility="private", queue=False)
 
 

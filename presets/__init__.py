@@ -7,10 +7,10 @@ changed in the TOML file changes everywhere at once.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 PARAMETERS_FILE = Path(__file__).with_name("parameters.toml")
 EXAMPLES_FILE = Path(__file__).with_name("examples.toml")
