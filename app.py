@@ -13,13 +13,18 @@ import os
 from pathlib import Path
 
 import gradio as gr
-from starlette.middleware import Middleware
+import uvicorn
+from fastapi import FastAPI
 
-from pipelines.manager import PipelineManager
-from pipelines.service import ENDPOINTS, ArrivalStamp, Playground, make_validator
-from pipelines.sources import ModelSources, pick_placement
-from pipelines.tiny_family import build_tiny_family, default_root
+from pipelines.gradio_endpoints import ENDPOINTS, make_endpoint, make_validator
+from pipelines.results import ResultStore
+from pipelines.safety import SafetyChecker
+from pipelines.service import ArrivalStamp, Playground
+from pipelines.startup import start_manager
 from presets import CUSTOM, EXAMPLES, PRESETS
+from rest import add_rest_api
+from rest.common import RestSettings
+from rest.inputs import FetchPolicy
 
 log = logging.getLogger("flux_playground")
 
@@ -41,44 +46,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dev-model", help="hub id or folder of FLUX.1-dev (env FLUX_DEV_MODEL)")
     parser.add_argument("--kontext-model", help="hub id or folder of FLUX.1-Kontext-dev (env FLUX_KONTEXT_MODEL)")
     parser.add_argument("--redux-model", help="hub id or folder of FLUX.1-Redux-dev (env FLUX_REDUX_MODEL)")
+    parser.add_argument("--safety-model", help="hub id or folder of the NSFW classifier run on outputs "
+                        "(env FLUX_SAFETY_MODEL; Falconsai/nsfw_image_detection)")
+    parser.add_argument("--safety-threshold", type=float, default=float(env("FLUX_SAFETY_THRESHOLD", "0.85")),
+                        help="flag an image when its nsfw probability reaches this (env FLUX_SAFETY_THRESHOLD)")
     parser.add_argument("--device", default=env("FLUX_DEVICE", "auto"), help="auto, cuda, cuda:1, cpu… (env FLUX_DEVICE)")
     parser.add_argument("--dtype", default=env("FLUX_DTYPE", "auto"),
                         help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32 (env FLUX_DTYPE)")
     parser.add_argument("--outputs-dir", default=env("FLUX_OUTPUTS_DIR", "outputs"),
                         help="where results are written (env FLUX_OUTPUTS_DIR)")
-    parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--retention-hours", type=float, default=float(env("FLUX_RETENTION_HOURS", "168")),
+                        help="results are deleted after this many hours (env FLUX_RETENTION_HOURS; 7 days)")
+    parser.add_argument("--public-url", default=env("FLUX_PUBLIC_URL"),
+                        help="base of result URLs in REST responses, e.g. behind a proxy (env FLUX_PUBLIC_URL)")
+    parser.add_argument("--allow-private-urls", action="store_true", default=env("FLUX_ALLOW_PRIVATE_URLS") == "1",
+                        help="let image URLs point at private, loopback and link-local addresses "
+                             "(env FLUX_ALLOW_PRIVATE_URLS=1)")
+    parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (env GRADIO_SERVER_NAME)")
+    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")),
+                        help="port to listen on (env GRADIO_SERVER_PORT)")
     return parser.parse_args(argv)
-
-
-def demo_manager(placement) -> PipelineManager:
-    """The manager on the tiny random-weight family, built offline on first use."""
-    sources = ModelSources().as_demo(build_tiny_family(default_root()))
-    manager = PipelineManager(sources, placement, local_files_only=True)
-    manager.preload()
-    return manager
-
-
-def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None]:
-    """The real models when they load; otherwise the demo family and the reason why."""
-    placement = pick_placement(args.device, args.dtype)
-    if args.demo:
-        return demo_manager(placement), "started with --demo"
-    if placement.device.type == "cpu" and args.device == "auto":
-        reason = "no CUDA accelerator was found (FLUX.1-dev needs a GPU; pass --device cpu to try anyway)"
-    else:
-        sources = ModelSources.from_env(dev=args.dev_model, kontext=args.kontext_model, redux=args.redux_model)
-        manager = PipelineManager(sources, placement)
-        try:
-            manager.preload()
-            return manager, None
-        except Exception as error:  # gated repo, no token, offline, missing files, OOM…
-            reason = f"{sources.dev} could not be loaded: {type(error).__name__}: {error}"
-    if args.no_demo_fallback:
-        raise SystemExit(f"FLUX Playground: {reason}")
-    log.warning("FLUX Playground is starting in DEMO mode: %s", reason)
-    return demo_manager(placement), reason
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -157,6 +145,8 @@ def settings_controls(mode: str) -> dict[str, gr.Component]:
             controls["output_format"] = Radio(list(PRESETS.output_formats),
                                               value=PRESETS.default_output_format, label="Output format")
         controls["output_quality"] = slider("output_quality")
+        safety = PRESETS.flags["enable_safety_checker"]
+        controls["enable_safety_checker"] = gr.Checkbox(value=safety.default, label=safety.label, info=safety.info)
     return controls
 
 
@@ -170,10 +160,10 @@ def results_column() -> tuple[gr.Gallery, gr.Number, gr.JSON]:
 
 def wire(playground: Playground, mode: str, button: gr.Button, controls: dict, outputs: list):
     """Bind a tab's Generate button to its endpoint: one named API route per mode."""
-    names = list(ENDPOINTS[mode].parameters)
+    names = ENDPOINTS[mode].parameters
     return button.click(
-        playground.endpoint(mode), [controls[name] for name in names], outputs, api_name=mode,
-        validator=make_validator(mode, names),
+        make_endpoint(playground, mode), [controls[name] for name in names], outputs, api_name=mode,
+        validator=make_validator(mode),
         concurrency_id=ACCELERATOR, concurrency_limit=1,
     )
 
@@ -206,6 +196,14 @@ def prompt_box(label="Prompt", placeholder="Describe the image", lines=3) -> gr.
     return gr.Textbox(label=label, placeholder=placeholder, lines=lines, max_lines=8)
 
 
+def negative_prompt_controls() -> dict[str, gr.Component]:
+    with gr.Accordion("Negative prompt (true CFG)", open=False):
+        return {
+            "negative_prompt": gr.Textbox(label="Negative prompt", lines=1, info="Used when true CFG scale is above 1."),
+            "true_cfg_scale": slider("true_cfg_scale"),
+        }
+
+
 def build_ui(playground: Playground) -> gr.Blocks:
     with gr.Blocks(title="FLUX Playground") as demo:
         gr.Markdown("# FLUX Playground\nFLUX.1 [dev], Kontext [dev] and Redux [dev] on one resident "
@@ -217,12 +215,7 @@ def build_ui(playground: Playground) -> gr.Blocks:
                 elem_id="demo-banner", elem_classes=["demo-banner"],
             )
         with gr.Tabs():
-            mode_tab(playground, "text_to_image", lambda: {
-                "prompt": prompt_box(),
-                "negative_prompt": gr.Textbox(label="Negative prompt", lines=1,
-                                              info="Used when true CFG scale is above 1."),
-                "true_cfg_scale": slider("true_cfg_scale"),
-            })
+            mode_tab(playground, "text_to_image", lambda: {"prompt": prompt_box(), **negative_prompt_controls()})
             mode_tab(playground, "image_to_image", lambda: {
                 "image": image_input("Input image"),
                 "prompt": prompt_box(),
@@ -231,6 +224,7 @@ def build_ui(playground: Playground) -> gr.Blocks:
             mode_tab(playground, "kontext_edit", lambda: {
                 "image": image_input("Image to edit"),
                 "prompt": prompt_box("Instruction", "What to change, e.g. 'make it a watercolor'", 2),
+                **negative_prompt_controls(),
             }, add_to_results=add_iterative_editing)
             mode_tab(playground, "redux_variation", lambda: {
                 "image": image_input("Source image"),
@@ -267,29 +261,31 @@ def _result_as_input(gallery: list | None, index: int):
     return item[0] if isinstance(item, (list, tuple)) else item
 
 
-def launch_options(args: argparse.Namespace, outputs_dir: Path) -> dict:
-    return {
-        "server_name": args.host,
-        "server_port": args.port,
-        "share": args.share,
-        "allowed_paths": [str(outputs_dir)],
-        "app_kwargs": {"middleware": [Middleware(ArrivalStamp)]},
-    }
-
-
-def create_app(args: argparse.Namespace) -> tuple[gr.Blocks, Playground]:
+def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
+    """One process, one manager: the REST APIs and the Gradio page and API on one FastAPI app."""
     manager, demo_reason = start_manager(args)
-    playground = Playground(manager, Path(args.outputs_dir).resolve(), demo_reason)
+    store = ResultStore(Path(args.outputs_dir), retention_seconds=args.retention_hours * 3600)
+    store.start_sweeper()
+    safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
+                           local_files_only=manager.local_files_only)
+    playground = Playground(manager, store, demo_reason, safety)
+    app = FastAPI(title="FLUX Playground", description=__doc__, docs_url="/docs", redoc_url=None)
+    app.add_middleware(ArrivalStamp)
+    settings = RestSettings(fetch=FetchPolicy(allow_private=args.allow_private_urls), public_url=args.public_url)
+    add_rest_api(app, playground, settings)  # before Gradio takes `/`
+    app.state.rest_settings = settings
     demo = build_ui(playground)
     demo.queue(default_concurrency_limit=1)
-    return demo, playground
+    app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(store.folder)])
+    return app, playground
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    demo, playground = create_app(args)
-    demo.launch(**launch_options(args, playground.outputs_dir))
+    app, _ = create_server(args)
+    log.info("FLUX Playground on http://%s:%d/ (REST API docs at /docs)", args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,12 @@ def _prompted_arguments(request: GenerationRequest) -> dict:
     return {"prompt": request.prompt, **_shared_arguments(request)}
 
 
+def _negative_arguments(request: TextToImageRequest | KontextEditRequest) -> dict:
+    return {"negative_prompt": request.negative_prompt or None, "true_cfg_scale": request.true_cfg_scale}
+
+
 def text_to_image_arguments(request: TextToImageRequest, conditioners=()) -> dict:
-    negative = {"negative_prompt": request.negative_prompt or None, "true_cfg_scale": request.true_cfg_scale}
-    return {**_prompted_arguments(request), **negative}
+    return {**_prompted_arguments(request), **_negative_arguments(request)}
 
 
 def image_to_image_arguments(request: ImageToImageRequest, conditioners=()) -> dict:
@@ -67,7 +70,7 @@ def kontext_edit_arguments(request: KontextEditRequest, conditioners=()) -> dict
     # Kontext rescales width and height to `max_area` keeping their aspect; giving it the
     # requested area keeps the requested size exact.
     area = request.width * request.height
-    return {**_prompted_arguments(request), "image": request.image, "max_area": area}
+    return {**_prompted_arguments(request), **_negative_arguments(request), "image": request.image, "max_area": area}
 
 
 def redux_variation_arguments(request: ReduxVariationRequest, conditioners=()) -> dict:

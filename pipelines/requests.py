@@ -50,6 +50,7 @@ class GenerationRequest:
     num_images: int
     output_format: str
     output_quality: int
+    enable_safety_checker: bool
 
     def seeds(self) -> list[int]:
         """Image i of the request uses seed + i, so each image reproduces on its own."""
@@ -74,6 +75,8 @@ class ImageToImageRequest(GenerationRequest):
 class KontextEditRequest(GenerationRequest):
     mode: ClassVar[str] = "kontext_edit"
     image: Image.Image
+    negative_prompt: str
+    true_cfg_scale: float
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,15 @@ class _FieldReader:
             self.fail(name, f"{name} could not be read as an image ({error})")
             return None
 
+    def flag(self, name: str) -> bool:
+        value = self.raw.get(name)
+        if value is None:
+            return PRESETS.flags[name].default
+        if not isinstance(value, bool):
+            self.fail(name, f"{name} must be true or false, got {value!r}")
+            return PRESETS.flags[name].default
+        return value
+
     def side(self, name: str) -> int | None:
         value = self.number(name)
         if value is not None and value % PRESETS.size_multiple:
@@ -220,11 +232,12 @@ def parse_request(mode: str, raw: Mapping[str, Any]) -> GenerationRequest:
             "output_format", PRESETS.output_formats, PRESETS.default_output_format
         ),
         "output_quality": fields.number("output_quality"),
+        "enable_safety_checker": fields.flag("enable_safety_checker"),
     }
-    if mode == "text_to_image":
+    if mode in ("text_to_image", "kontext_edit"):
         values["negative_prompt"] = fields.text("negative_prompt", required=False)
         values["true_cfg_scale"] = fields.number("true_cfg_scale")
-    else:
+    if mode != "text_to_image":
         values["image"] = fields.image("image")
     if mode == "image_to_image":
         values["strength"] = fields.number("strength")

@@ -16,12 +16,15 @@ DEFAULT_SOURCES = {
     "dev": "black-forest-labs/FLUX.1-dev",
     "kontext": "black-forest-labs/FLUX.1-Kontext-dev",
     "redux": "black-forest-labs/FLUX.1-Redux-dev",
+    # The NSFW classifier BFL's reference code runs on outputs.
+    "safety": "Falconsai/nsfw_image_detection",
 }
 # Each source can be overridden by this environment variable (and by a flag of app.py).
 SOURCE_ENV_VARS = {
     "dev": "FLUX_DEV_MODEL",
     "kontext": "FLUX_KONTEXT_MODEL",
     "redux": "FLUX_REDUX_MODEL",
+    "safety": "FLUX_SAFETY_MODEL",
 }
 # The repositories each playground mode draws on.
 MODE_MODELS = {
@@ -40,6 +43,7 @@ class ModelSources:
     dev: str = DEFAULT_SOURCES["dev"]
     kontext: str = DEFAULT_SOURCES["kontext"]
     redux: str = DEFAULT_SOURCES["redux"]
+    safety: str = DEFAULT_SOURCES["safety"]
     demo: bool = False
 
     @classmethod

@@ -1,14 +1,16 @@
 """A tiny, random-weight FLUX.1 model family, built offline and deterministically.
 
 The folders mirror the Hugging Face hub layouts of black-forest-labs/FLUX.1-dev,
-FLUX.1-Kontext-dev and FLUX.1-Redux-dev file for file, so the project's real
-loading code (``from_pretrained`` on the folder or its subfolders) runs on them
-unchanged: in tests and as the offline demo model.
+FLUX.1-Kontext-dev and FLUX.1-Redux-dev file for file, and that of the NSFW
+classifier BFL's reference code screens outputs with (Falconsai/nsfw_image_detection),
+so the project's real loading code (``from_pretrained`` on the folder or its
+subfolders) runs on them unchanged: in tests and as the offline demo model.
 
 Only widths and depths are shrunk. Everything that decides sizes and token
 counts is the real one: VAE downscale 8 with 16 latent channels (1024x1024 ->
 128x128x16), 2x2 patches (in_channels 64), 77 CLIP tokens, 512 T5 tokens,
-SigLIP 384px / patch 14 (729 image tokens), the real scheduler config.
+SigLIP 384px / patch 14 (729 image tokens), the real scheduler config, ViT 224px /
+patch 16 with the labels normal/nsfw.
 
     python -m pipelines.tiny_family [ROOT]
 """
@@ -35,6 +37,8 @@ from transformers import (
     SiglipVisionModel,
     T5Config,
     T5EncoderModel,
+    ViTConfig,
+    ViTForImageClassification,
 )
 
 from pipelines.tiny_tokenizers import (
@@ -46,12 +50,13 @@ from pipelines.tiny_tokenizers import (
 )
 
 # Bump whenever the output changes: the marker name makes old builds get rebuilt.
-FAMILY_VERSION = "1"
+FAMILY_VERSION = "2"
 
-REPOS = {"dev": "FLUX.1-dev", "kontext": "FLUX.1-Kontext-dev", "redux": "FLUX.1-Redux-dev"}
+REPOS = {"dev": "FLUX.1-dev", "kontext": "FLUX.1-Kontext-dev", "redux": "FLUX.1-Redux-dev",
+         "safety": "nsfw_image_detection"}
 
 # Tiny widths. Heads/dims chosen so every divisibility rule of the real models holds.
-CLIP_DIM, T5_DIM, SIGLIP_DIM = 32, 32, 32
+CLIP_DIM, T5_DIM, SIGLIP_DIM, VIT_DIM = 32, 32, 32, 32
 HEAD_DIM, AXES_DIMS_ROPE = 16, [4, 6, 6]  # rope axes must sum to the head dim (real: 128 = 16+56+56)
 
 def default_root() -> Path:
@@ -61,7 +66,7 @@ def default_root() -> Path:
 
 
 def build_tiny_family(root: Path | None = None) -> dict[str, Path]:
-    """Build the three folders under ``root`` (once) and return {"dev", "kontext", "redux"} paths."""
+    """Build the four folders under ``root`` (once); return {"dev", "kontext", "redux", "safety"} paths."""
     root = Path(root) if root is not None else default_root()
     paths = {key: root / name for key, name in REPOS.items()}
     marker = root / f".complete-{FAMILY_VERSION}"
@@ -159,6 +164,12 @@ def _build_into(tmp: Path) -> None:
     _save(_siglip_vision(), redux / "image_encoder")
     _save(ReduxImageEncoder(redux_dim=SIGLIP_DIM, txt_in_features=T5_DIM), redux / "image_embedder")
 
+    # The NSFW classifier: one flat folder, weights in float32 as on the hub.
+    safety = tmp / REPOS["safety"]
+    write_json(safety / "preprocessor_config.json", VIT_PREPROCESSOR)
+    torch.manual_seed(4)
+    _nsfw_classifier().save_pretrained(safety)
+
 
 # --- configs that are copied from the hub verbatim -------------------------------------------
 
@@ -186,6 +197,19 @@ SIGLIP_PREPROCESSOR = {
     "resample": 3,
     "rescale_factor": 1 / 255,
     "size": {"height": 384, "width": 384},
+}
+
+# Falconsai/nsfw_image_detection's, which is google/vit-base-patch16-224-in21k's.
+VIT_PREPROCESSOR = {
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_processor_type": "ViTImageProcessor",
+    "image_std": [0.5, 0.5, 0.5],
+    "resample": 2,
+    "rescale_factor": 1 / 255,
+    "size": {"height": 224, "width": 224},
 }
 
 
@@ -256,6 +280,16 @@ def _siglip_vision() -> SiglipVisionModel:
         hidden_size=SIGLIP_DIM, intermediate_size=4 * SIGLIP_DIM, num_hidden_layers=2,
         num_attention_heads=2, image_size=384, patch_size=14, num_channels=3,
         hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+    ))
+
+
+def _nsfw_classifier() -> ViTForImageClassification:
+    # Real: hidden 768, 12 layers, 12 heads (86M); the other values are ViTConfig's defaults, as
+    # there. The initialiser's small weights keep every score below 0.75: the demo never flags.
+    return ViTForImageClassification(ViTConfig(
+        hidden_size=VIT_DIM, intermediate_size=4 * VIT_DIM, num_hidden_layers=2, num_attention_heads=2,
+        image_size=224, patch_size=16, problem_type="single_label_classification",
+        id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1},
     ))
 
 

@@ -43,6 +43,14 @@ class NumericField:
 
 
 @dataclass(frozen=True)
+class Flag:
+    name: str
+    label: str
+    default: bool
+    info: str = ""
+
+
+@dataclass(frozen=True)
 class ModeDefaults:
     name: str
     title: str
@@ -57,6 +65,7 @@ class Presets:
     size_max: int
     size_multiple: int
     fields: Mapping[str, NumericField]
+    flags: Mapping[str, Flag]
     output_formats: tuple[str, ...]
     default_output_format: str
     max_prompt_chars: int
@@ -96,6 +105,7 @@ def load_presets(path: Path = PARAMETERS_FILE) -> Presets:
         size_max=data["custom_size"]["max"],
         size_multiple=data["custom_size"]["multiple_of"],
         fields=MappingProxyType(fields),
+        flags=MappingProxyType({name: Flag(name=name, **spec) for name, spec in data["flags"].items()}),
         output_formats=tuple(formats["values"]),
         default_output_format=formats["default"],
         max_prompt_chars=data["text"]["max_chars"],

@@ -37,19 +37,30 @@ def family(family_root) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def served(family, tmp_path_factory):
-    """The app in demo mode on a free local port: (gradio_client.Client, Playground)."""
+    """The app in demo mode, served by uvicorn on a free local port as `python app.py` serves it:
+    (gradio_client.Client, Playground, base URL)."""
+    import threading
+    import time
+
+    import uvicorn
     from gradio_client import Client
 
     import app
 
     args = app.parse_args(["--demo", "--port", str(free_port()),
                            "--outputs-dir", str(tmp_path_factory.mktemp("outputs"))])
-    demo, playground = app.create_app(args)
-    demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_options(args, playground.outputs_dir))
-    client = Client(f"http://{args.host}:{args.port}/", verbose=False)
-    yield client, playground
-    client.close() if hasattr(client, "close") else None
-    demo.close()
+    server_app, playground = app.create_server(args)
+    server = uvicorn.Server(uvicorn.Config(server_app, host=args.host, port=args.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    url = f"http://{args.host}:{args.port}/"
+    client = Client(url, verbose=False)
+    yield client, playground, url, server_app
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +71,60 @@ def client(served):
 @pytest.fixture(scope="session")
 def playground(served):
     return served[1]
+
+
+@pytest.fixture(scope="session")
+def base_url(served):
+    return served[2]
+
+
+@pytest.fixture
+def rest_settings(served):
+    """The REST settings of the running app; changes are undone after the test."""
+    import copy
+
+    settings = served[3].state.rest_settings
+    saved = copy.deepcopy(settings)
+    yield settings
+    settings.fetch, settings.public_url = saved.fetch, saved.public_url
+
+
+@pytest.fixture
+def safety_threshold(playground):
+    """Set the running app's safety threshold for one test (0 flags every image)."""
+    saved = playground.safety.threshold
+
+    def set_threshold(value: float) -> None:
+        playground.safety.threshold = value
+
+    yield set_threshold
+    playground.safety.threshold = saved
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    """A local HTTP server for image URLs: serves presets/examples/ and a few special paths."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/redirect-to/"):
+                self.send_response(302)
+                self.send_header("Location", self.path[len("/redirect-to/"):])
+                self.end_headers()
+                return
+            super().do_GET()
+
+    root = Path(__file__).resolve().parent.parent / "presets" / "examples"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
 # --- helpers for tests -------------------------------------------------------------------------

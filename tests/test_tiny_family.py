@@ -1,6 +1,8 @@
-"""The tiny FLUX.1 family: hub layouts, determinism, and that diffusers' real pipelines run on it."""
+"""The tiny FLUX.1 family: hub layouts, determinism, and that diffusers' real pipelines (and
+transformers' NSFW classifier) run on it."""
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import torch
 from diffusers import FluxKontextPipeline, FluxPipeline, FluxPriorReduxPipeline
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from pipelines.tiny_family import FAMILY_VERSION, build_tiny_family, default_root
 
@@ -47,6 +50,8 @@ image_encoder/config.json
 image_encoder/model.safetensors
 """.split()
 
+SAFETY_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
+
 T5_DIM = 32  # joint_attention_dim of the tiny transformer = T5 d_model
 
 
@@ -75,13 +80,16 @@ def dev_pipe(family) -> FluxPipeline:
 
 
 def test_hub_layout(family):
-    assert set(family) == {"dev", "kontext", "redux"}
+    assert set(family) == {"dev", "kontext", "redux", "safety"}
     assert family["dev"].name == "FLUX.1-dev"
     assert family["kontext"].name == "FLUX.1-Kontext-dev"
     assert family["redux"].name == "FLUX.1-Redux-dev"
+    assert family["safety"].name == "nsfw_image_detection"  # Falconsai/nsfw_image_detection
+    assert {path.parent for path in family.values()} == {family["dev"].parent}
     assert _files(family["dev"]) == set(FLUX_FILES)
     assert _files(family["kontext"]) == set(FLUX_FILES)
     assert _files(family["redux"]) == set(REDUX_FILES)
+    assert _files(family["safety"]) == set(SAFETY_FILES)
     assert (family["dev"].parent / f".complete-{FAMILY_VERSION}").exists()
     assert not list(family["dev"].parent.glob(".building-*"))
 
@@ -103,6 +111,15 @@ def test_build_is_deterministic_and_skipped_when_complete(family, tmp_path):
     stamp = (again["dev"] / "model_index.json").stat().st_mtime_ns
     build_tiny_family(tmp_path)
     assert (again["dev"] / "model_index.json").stat().st_mtime_ns == stamp
+
+
+def test_an_older_version_is_rebuilt(tmp_path):
+    paths = build_tiny_family(tmp_path)
+    (tmp_path / f".complete-{FAMILY_VERSION}").rename(tmp_path / ".complete-1")
+    shutil.rmtree(paths["safety"])  # version 1 had no classifier
+    build_tiny_family(tmp_path)
+    assert _files(paths["safety"]) == set(SAFETY_FILES)
+    assert [p.name for p in tmp_path.glob(".complete-*")] == [f".complete-{FAMILY_VERSION}"]
 
 
 def test_interrupted_build_is_redone(tmp_path):
@@ -193,3 +210,24 @@ def test_redux_prior_with_dev_text_encoders(family, dev_pipe):
     assert out.prompt_embeds.shape == (1, 512 + 729, T5_DIM)
     assert out.pooled_prompt_embeds.shape == (1, dev_pipe.text_encoder.config.hidden_size)
     assert torch.isfinite(out.prompt_embeds).all()
+
+
+def test_nsfw_classifier_loads_as_on_the_hub(family):
+    model = AutoModelForImageClassification.from_pretrained(family["safety"])
+    processor = AutoImageProcessor.from_pretrained(family["safety"])
+    assert type(model).__name__ == "ViTForImageClassification"
+    assert model.config.architectures == ["ViTForImageClassification"]
+    assert model.config.id2label == {0: "normal", 1: "nsfw"}
+    assert model.config.label2id == {"normal": 0, "nsfw": 1}
+    assert (model.config.image_size, model.config.patch_size) == (224, 16)
+    assert next(model.parameters()).dtype == torch.float32  # stored float32, as the real one
+    assert type(processor).__name__.startswith("ViTImageProcessor")  # whichever backend is installed
+    assert processor.size == {"height": 224, "width": 224} and processor.resample == 2
+    assert list(processor.image_mean) == list(processor.image_std) == [0.5, 0.5, 0.5]
+
+    inputs = processor(images=[Image.new("RGB", (500, 300), (30, 160, 90))] * 2, return_tensors="pt")
+    assert inputs["pixel_values"].shape == (2, 3, 224, 224)
+    assert inputs["pixel_values"].min() >= -1 and inputs["pixel_values"].max() <= 1
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()

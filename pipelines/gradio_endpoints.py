@@ -1,0 +1,130 @@
+"""The Gradio endpoints: one named API route per mode, validated at queue time.
+
+Each endpoint's parameter names are the API's parameter names (snake_case, as the hosted
+FLUX APIs name them); a value left out takes its default from presets/.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pipelines.requests import RequestError, parse_request, with_seed
+from pipelines.service import GenerationError, Playground, arrival_time
+
+# Parameters every generating endpoint takes after its own, in this order.
+SHARED_PARAMETERS = (
+    "image_size", "width", "height", "num_inference_steps", "guidance_scale", "seed",
+    "num_images", "output_format", "output_quality", "enable_safety_checker",
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One named API endpoint: its parameters, which of them a caller must give, and its
+    description on the API page."""
+
+    mode: str
+    own_parameters: tuple[str, ...]
+    required: tuple[str, ...]
+    description: str
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return self.own_parameters + SHARED_PARAMETERS
+
+    def signature(self) -> inspect.Signature:
+        keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        parameters = [
+            inspect.Parameter(name, keyword, default=inspect.Parameter.empty if name in self.required else None)
+            for name in self.parameters
+        ]
+        # gradio passes these by their annotation and default: the HTTP request, the progress bar.
+        parameters.append(inspect.Parameter("request", keyword, default=None, annotation=gr.Request))
+        parameters.append(inspect.Parameter("progress", keyword, default=gr.Progress()))
+        return inspect.Signature(parameters)
+
+
+ENDPOINTS = {
+    endpoint.mode: endpoint
+    for endpoint in (
+        Endpoint("text_to_image", ("prompt", "negative_prompt", "true_cfg_scale"), ("prompt",),
+                 "Generate images from a prompt with FLUX.1 [dev]. Returns the images, the seed used "
+                 "and the parameters with timings."),
+        Endpoint("image_to_image", ("image", "prompt", "strength"), ("image", "prompt"),
+                 "Transform an input image with a prompt (FLUX.1 [dev] image-to-image); strength sets "
+                 "how much changes. By default the output has the input's size."),
+        Endpoint("kontext_edit", ("image", "prompt", "negative_prompt", "true_cfg_scale"), ("image", "prompt"),
+                 "Edit an image by instruction with FLUX.1 Kontext [dev]. By default the output has the "
+                 "Kontext training resolution (about one megapixel) nearest the input's aspect."),
+        Endpoint("redux_variation", ("image", "prompt", "prompt_embeds_scale", "pooled_prompt_embeds_scale"),
+                 ("image",),
+                 "Make variations of an image with FLUX.1 Redux [dev] on FLUX.1 [dev]; an optional prompt "
+                 "steers them. By default the output keeps the input's aspect at about one megapixel."),
+    )
+}
+
+
+def make_validator(mode: str) -> Callable:
+    """A gradio `validator=` for a mode's endpoint: it runs when the request is queued, before
+    any accelerator time, and marks each invalid field with a message naming its range."""
+    names = list(ENDPOINTS[mode].parameters)
+
+    def validate(*values):
+        problems: dict[str, str] = {}
+        try:
+            parse_request(mode, dict(zip(names, values, strict=True)))
+        except RequestError as error:
+            for problem in error.errors:
+                problems[problem.field] = "; ".join(filter(None, [problems.get(problem.field), problem.message]))
+        return [gr.validate(name not in problems, problems.get(name, "")) for name in names]
+
+    validate.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    )
+    return validate
+
+
+def caption(model: str, image) -> str:
+    flagged = " · replaced: flagged by the safety checker" if image.has_nsfw_concepts else ""
+    return f"{model} · seed {image.seed}{flagged}"
+
+
+def make_endpoint(playground: Playground, mode: str) -> Callable:
+    """The named API endpoint for `mode`: a function whose signature is the API's parameters,
+    returning (gallery, seed used, parameters and timings)."""
+    spec = ENDPOINTS[mode]
+    signature = spec.signature()
+
+    def run(*args, **kwargs) -> tuple[list, int, dict[str, Any]]:
+        values = signature.bind(*args, **kwargs).arguments
+        request, progress = values.get("request"), values.get("progress") or gr.Progress()
+        try:
+            parsed = with_seed(parse_request(mode, {name: values.get(name) for name in spec.parameters}))
+        except RequestError as error:
+            raise gr.Error(str(error), title="Invalid request") from None
+
+        def on_step(image_index: int, step: int, steps: int) -> None:
+            done = image_index * steps + step
+            progress((done, parsed.num_images * steps), desc="Denoising", unit="steps")
+
+        missing = playground.manager.missing_components(mode)
+        if missing:  # a mode's first request loads its weights: say so rather than sit still
+            progress(0, desc=f"Loading {', '.join(missing)}")
+        scope = request.request.scope if request is not None else None
+        try:
+            result = playground.execute(parsed, arrival_time(scope), on_step)
+        except GenerationError as error:
+            raise gr.Error(str(error), title=error.title) from None
+        gallery = [(str(image.file), caption(result.model, image)) for image in result.images]
+        return gallery, parsed.seed, result.info
+
+    run.__name__ = run.__qualname__ = mode
+    run.__doc__ = spec.description
+    run.__signature__ = signature
+    run.__annotations__ = {"request": gr.Request}
+    return run

@@ -1,0 +1,86 @@
+"""What the REST adapters share: model names, settings, running a request, result URLs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.requests import FieldError, RequestError, parse_request, with_seed
+from pipelines.service import GenerationResult, Playground, arrival_time
+from rest.inputs import FetchPolicy
+
+# The names each hosted API uses for the three models, and the repository each means.
+MODEL_ALIASES = {
+    "dev": ("flux.1-dev", "flux-dev", "flux-1-dev", "black-forest-labs/flux.1-dev",
+            "black-forest-labs-flux-1-dev", "fal-ai/flux/dev"),
+    "kontext": ("flux.1-kontext-dev", "flux-kontext-dev", "flux-1-kontext-dev",
+                "black-forest-labs/flux.1-kontext-dev", "black-forest-labs-flux-1-kontext-dev",
+                "fal-ai/flux-kontext/dev"),
+    "redux": ("flux.1-redux-dev", "flux-redux-dev", "flux-1-redux-dev", "black-forest-labs/flux.1-redux-dev",
+              "black-forest-labs-flux-1-redux-dev", "fal-ai/flux/dev/redux"),
+}
+# The mode a model runs when the API does not say otherwise.
+MODEL_MODES = {"dev": "text_to_image", "kontext": "kontext_edit", "redux": "redux_variation"}
+
+
+class UnknownModel(LookupError):
+    def __init__(self, name: str):
+        known = ", ".join(aliases[0] for aliases in MODEL_ALIASES.values())
+        super().__init__(f"Unknown model {name!r}; this server serves {known} (and their hosted-API names)")
+
+
+def resolve_model(name: str) -> str:
+    """'dev', 'kontext' or 'redux' for any of the names the hosted APIs use (case-insensitive)."""
+    wanted = name.strip().lower()
+    for key, aliases in MODEL_ALIASES.items():
+        if wanted in aliases:
+            return key
+    raise UnknownModel(name)
+
+
+@dataclass
+class RestSettings:
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    public_url: str | None = None  # the base of result URLs; by default, the request's own
+
+
+def rename_field(error: FieldError, names: dict[str, str]) -> tuple[str, str]:
+    """An error's field and message in an API's own vocabulary: a synonym replaces our name
+    (guidance_scale -> guidance); a field standing for several of ours prefixes it
+    ("size: height must be ...")."""
+    api_name = names.get(error.field, error.field)
+    message = error.message
+    if api_name != error.field:
+        if list(names.values()).count(api_name) > 1:
+            message = f"{api_name}: {message}"
+        elif message.startswith(error.field):
+            message = api_name + message[len(error.field):]
+    return api_name, message
+
+
+def first_error(error: RequestError, names: dict[str, str]) -> tuple[str, str]:
+    return rename_field(error.errors[0], names)
+
+
+def all_errors_message(error: RequestError, names: dict[str, str]) -> str:
+    return "; ".join(rename_field(problem, names)[1] for problem in error.errors)
+
+
+async def run_request(playground: Playground, mode: str, raw: dict[str, Any], http: Request,
+                      cancel=None) -> GenerationResult:
+    """Validate (RequestError) and run (GenerationError) off the event loop: the accelerator
+    lock is held for the whole generation."""
+    parsed = with_seed(parse_request(mode, raw))
+    return await run_in_threadpool(playground.execute, parsed, arrival_time(http.scope), None, cancel)
+
+
+def result_url(http: Request, settings: RestSettings, result_id: str) -> str:
+    base = settings.public_url or str(http.base_url)
+    return f"{base.rstrip('/')}/results/{result_id}"
+
+
+def drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}

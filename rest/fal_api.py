@@ -1,0 +1,105 @@
+"""fal-style endpoints: `POST /fal-ai/flux/dev` and its image-to-image, Redux and Kontext
+siblings, with fal's request fields, defaults (jpeg, guidance 3.5, landscape_4_3) and response
+(`images`, `seed`, `has_nsfw_concepts`, `prompt`, `timings`)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.requests import RequestError
+from pipelines.service import GenerationError, GenerationResult
+from rest.common import RestSettings, drop_none, rename_field, result_url, run_request
+from rest.inputs import InputError, load_image_input
+
+# Our field names in fal's vocabulary, for error messages.
+FIELD_NAMES = {"image": "image_url", "width": "image_size", "height": "image_size"}
+ACCELERATIONS = ("none", "regular", "high")
+
+
+class FalBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prompt: str | None = None
+    image_size: str | dict[str, int] | None = Field(
+        None, description="A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, "
+                          "landscape_16_9) or {width, height}")
+    num_inference_steps: int | None = None
+    seed: int | None = None
+    guidance_scale: float | None = None
+    sync_mode: bool = Field(False, description="Return the images as data URIs")
+    num_images: int | None = None
+    enable_safety_checker: bool | None = None
+    output_format: str | None = "jpeg"
+    acceleration: Literal["none", "regular", "high"] = "none"
+    image_url: str | None = Field(None, description="Input image: a URL or a data URI (image modes)")
+    strength: float | None = None
+
+
+def fal_error(field: str, message: str, status: int = 422) -> JSONResponse:
+    return JSONResponse(status_code=status, content={
+        "detail": [{"loc": ["body", field], "msg": message, "type": "value_error"}]})
+
+
+def raw_fields(body: FalBody, mode: str, defaults: dict[str, Any], settings: RestSettings) -> dict[str, Any]:
+    values = {**defaults, **drop_none(body.model_dump(exclude={"sync_mode", "acceleration"}))}
+    size = values.pop("image_size", None)
+    if isinstance(size, dict):
+        values.update(image_size="custom", width=size.get("width"), height=size.get("height"))
+    elif size is not None:
+        values["image_size"] = size
+    if mode != "text_to_image":
+        values["image"] = load_image_input(values.pop("image_url", None), "image_url", settings.fetch)
+    return values
+
+
+def fal_response(result: GenerationResult, sync_mode: bool, http: Request, settings: RestSettings) -> dict:
+    images = []
+    for image in result.images:
+        if sync_mode:
+            url = f"data:{image.content_type};base64,{base64.b64encode(image.file.read_bytes()).decode()}"
+        else:
+            url = result_url(http, settings, image.result_id)
+        images.append({"url": url, "width": image.width, "height": image.height,
+                       "content_type": image.content_type})
+    return {"images": images, "timings": {"inference": result.executed_ms / 1000}, "seed": result.request.seed,
+            "has_nsfw_concepts": result.has_nsfw_concepts, "prompt": result.request.prompt}
+
+
+# Each route: the mode it runs and fal's defaults for it.
+ROUTES = {
+    "/flux/dev": ("text_to_image", {"image_size": "landscape_4_3"}),
+    "/flux/dev/image-to-image": ("image_to_image", {"strength": 0.95, "num_inference_steps": 40,
+                                                    "image_size": "match_input"}),
+    "/flux/dev/redux": ("redux_variation", {"image_size": "landscape_4_3"}),
+    "/flux-kontext/dev": ("kontext_edit", {"guidance_scale": 2.5, "image_size": "match_input"}),
+}
+
+
+def create_router(playground, settings: RestSettings) -> APIRouter:
+    router = APIRouter(prefix="/fal-ai", tags=["fal-style endpoints"])
+
+    def add_route(path: str, mode: str, defaults: dict[str, Any]) -> None:
+        async def handle(body: FalBody, http: Request):
+            try:
+                raw = raw_fields(body, mode, defaults, settings)
+                result = await run_request(playground, mode, raw, http)
+            except InputError as error:
+                return fal_error(error.field, str(error))
+            except RequestError as error:
+                return JSONResponse(status_code=422, content={"detail": [
+                    {"loc": ["body", field], "msg": message, "type": "value_error"}
+                    for field, message in (rename_field(problem, FIELD_NAMES) for problem in error.errors)]})
+            except GenerationError as error:
+                return fal_error("body", str(error), status=500)
+            return fal_response(result, body.sync_mode, http, settings)
+
+        handle.__doc__ = f"{mode.replace('_', ' ').capitalize()} with fal's request and response shape."
+        router.add_api_route(path, handle, methods=["POST"], name=f"fal{path.replace('/', '_')}")
+
+    for path, (mode, defaults) in ROUTES.items():
+        add_route(path, mode, defaults)
+    return router

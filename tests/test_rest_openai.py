@@ -1,0 +1,101 @@
+"""The OpenAI Images API, driven by the official `openai` SDK with only `base_url` changed."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import openai
+import pytest
+import requests
+from conftest import EXAMPLE_BIRD
+from PIL import Image
+
+FAST = {"num_inference_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def sdk(base_url):
+    return openai.OpenAI(base_url=base_url + "v1", api_key="not-needed-locally")
+
+
+def fetch_image(url: str) -> Image.Image:
+    response = requests.get(url, timeout=30)
+    assert response.status_code == 200
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    return image
+
+
+def test_generate_returns_urls_of_images_in_the_requested_size(sdk):
+    response = sdk.images.generate(model="flux.1-dev", prompt="a lighthouse at dusk", size="512x384", n=2,
+                                   extra_body={**FAST, "seed": 42})
+    assert len(response.data) == 2
+    images = [fetch_image(item.url) for item in response.data]
+    assert [image.size for image in images] == [(512, 384)] * 2
+    assert all(image.format == "PNG" for image in images)
+    assert response.data[0].revised_prompt == "a lighthouse at dusk"
+    assert response.model_extra["seed"] == 42 and response.model_extra["has_nsfw_concepts"] == [False, False]
+
+
+def test_generate_b64_json_in_the_format_asked_for(sdk):
+    response = sdk.images.generate(model="black-forest-labs/FLUX.1-dev", prompt="a lighthouse", size="16:9",
+                                   response_format="b64_json", output_format="webp", output_compression=70,
+                                   extra_body={**FAST, "seed": 1})
+    image = Image.open(io.BytesIO(base64.b64decode(response.data[0].b64_json)))
+    assert image.format == "WEBP" and image.size == (1360, 768)  # 16:9 at about one megapixel
+
+
+def test_same_seed_same_image_through_the_sdk(sdk):
+    def one(seed):
+        data = sdk.images.generate(model="flux.1-dev", prompt="a fox", size="256x256", response_format="b64_json",
+                                   extra_body={**FAST, "seed": seed}).data[0].b64_json
+        return base64.b64decode(data)
+
+    assert one(9) == one(9) != one(10)
+
+
+def test_edit_runs_kontext_on_the_uploaded_image(sdk):
+    with open(EXAMPLE_BIRD, "rb") as image_file:
+        response = sdk.images.edit(model="flux.1-kontext-dev", image=image_file,
+                                   prompt="Exact same bluebird, now perched on a cloud in outer space",
+                                   extra_body={**FAST, "seed": 3})
+    assert fetch_image(response.data[0].url).size == (1024, 1024)  # Kontext's resolution for a square input
+
+
+def test_edit_with_the_dev_model_is_image_to_image(sdk):
+    with open(EXAMPLE_BIRD, "rb") as image_file:
+        response = sdk.images.edit(model="flux.1-dev", image=image_file, prompt="a red bird", size="256x256",
+                                   extra_body={**FAST, "strength": 0.6, "seed": 3})
+    assert fetch_image(response.data[0].url).size == (256, 256)
+
+
+def test_models_lists_the_three_models(sdk):
+    assert {model.id for model in sdk.models.list()} == {"flux.1-dev", "flux.1-kontext-dev", "flux.1-redux-dev"}
+
+
+@pytest.mark.parametrize("kwargs, param, words", [
+    ({"n": 9}, "n", "n must be an integer from 1 to 4, got 9"),
+    ({"size": "1024x100"}, "size", "size: height must be an integer from 256 to 2048, got 100"),
+    ({"size": "huge"}, "size", 'size must be "WxH"'),
+    ({"extra_body": {"num_inference_steps": 0}}, "num_inference_steps", "from 1 to 50, got 0"),
+    ({"extra_body": {"guidance_scale": 99}}, "guidance_scale", "from 0 to 20, got 99"),
+])
+def test_bad_values_are_400_naming_the_parameter(sdk, kwargs, param, words):
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.images.generate(model="flux.1-dev", prompt="a fox", **kwargs)
+    assert refused.value.status_code == 400
+    assert refused.value.body["param"] == param and words in refused.value.body["message"]
+
+
+def test_unknown_model_is_404(sdk):
+    with pytest.raises(openai.NotFoundError) as refused:
+        sdk.images.generate(model="dall-e-3", prompt="a fox")
+    assert "Unknown model 'dall-e-3'" in refused.value.body["message"]
+
+
+def test_empty_prompt_and_missing_image_are_refused(sdk, base_url):
+    with pytest.raises(openai.BadRequestError, match="prompt is required"):
+        sdk.images.generate(model="flux.1-dev", prompt="  ")
+    response = requests.post(base_url + "v1/images/edits", data={"prompt": "x"}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "image"
