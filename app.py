@@ -145,8 +145,10 @@ def settings_controls(mode: str) -> dict[str, gr.Component]:
             controls["output_format"] = Radio(list(PRESETS.output_formats),
                                               value=PRESETS.default_output_format, label="Output format")
         controls["output_quality"] = slider("output_quality")
-        safety = PRESETS.flags["enable_safety_checker"]
-        controls["enable_safety_checker"] = gr.Checkbox(value=safety.default, label=safety.label, info=safety.info)
+        with gr.Row():
+            for name in ("enable_safety_checker", "live_preview"):
+                flag = PRESETS.flags[name]
+                controls[name] = gr.Checkbox(value=flag.default, label=flag.label, info=flag.info)
     return controls
 
 

@@ -7,19 +7,23 @@ FLUX APIs name them); a value left out takes its default from presets/.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from pipelines.previews import preview_image, should_preview
 from pipelines.requests import RequestError, parse_request, with_seed
 from pipelines.service import GenerationError, Playground, arrival_time
+from presets import PRESETS
 
 # Parameters every generating endpoint takes after its own, in this order.
 SHARED_PARAMETERS = (
     "image_size", "width", "height", "num_inference_steps", "guidance_scale", "seed",
-    "num_images", "output_format", "output_quality", "enable_safety_checker",
+    "num_images", "output_format", "output_quality", "enable_safety_checker", "live_preview",
 )
 
 
@@ -95,36 +99,63 @@ def caption(model: str, image) -> str:
 
 
 def make_endpoint(playground: Playground, mode: str) -> Callable:
-    """The named API endpoint for `mode`: a function whose signature is the API's parameters,
-    returning (gallery, seed used, parameters and timings)."""
+    """The named API endpoint for `mode`: a generator whose signature is the API's parameters.
+
+    It yields (gallery, seed used, info): previews every few steps while denoising (with
+    `live_preview`), then the exact result. `predict()` returns the last; `submit()` iterates
+    them all. Closing it early (the Stop button, `job.cancel()`) cancels the generation at its
+    next step.
+    """
     spec = ENDPOINTS[mode]
     signature = spec.signature()
 
-    def run(*args, **kwargs) -> tuple[list, int, dict[str, Any]]:
+    def run(*args, **kwargs) -> Iterator[tuple[list, int, dict[str, Any]]]:
         values = signature.bind(*args, **kwargs).arguments
         request, progress = values.get("request"), values.get("progress") or gr.Progress()
         try:
             parsed = with_seed(parse_request(mode, {name: values.get(name) for name in spec.parameters}))
         except RequestError as error:
             raise gr.Error(str(error), title="Invalid request") from None
-
-        def on_step(image_index: int, step: int, steps: int) -> None:
-            done = image_index * steps + step
-            progress((done, parsed.num_images * steps), desc="Denoising", unit="steps")
-
         missing = playground.manager.missing_components(mode)
         if missing:  # a mode's first request loads its weights: say so rather than sit still
             progress(0, desc=f"Loading {', '.join(missing)}")
         scope = request.request.scope if request is not None else None
+        events: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        worker = threading.Thread(target=_execute, daemon=True, name=f"{mode}-request",
+                                  args=(playground, parsed, arrival_time(scope), events, cancel))
+        worker.start()
         try:
-            result = playground.execute(parsed, arrival_time(scope), on_step)
-        except GenerationError as error:
-            raise gr.Error(str(error), title=error.title) from None
-        gallery = [(str(image.file), caption(result.model, image)) for image in result.images]
-        return gallery, parsed.seed, result.info
+            while (event := events.get())[0] != "done":
+                kind, image_index, step, steps, latents = event
+                progress((image_index * steps + step, parsed.num_images * steps), desc="Denoising", unit="steps")
+                if parsed.live_preview and should_preview(step - 1, steps, PRESETS.preview_every_steps):
+                    preview = preview_image(latents, parsed.height, parsed.width, PRESETS.preview_max_side)
+                    label = f"preview · image {image_index + 1} of {parsed.num_images} · step {step}/{steps}"
+                    yield [(preview, label)], parsed.seed, {"preview": True, "image_index": image_index,
+                                                            "step": step, "steps": steps}
+        finally:
+            cancel.set()  # no-op once finished; stops a generation whose caller went away
+        outcome = event[1]
+        if isinstance(outcome, GenerationError):
+            raise gr.Error(str(outcome), title=outcome.title)
+        gallery = [(str(image.file), caption(outcome.model, image)) for image in outcome.images]
+        yield gallery, parsed.seed, outcome.info
 
     run.__name__ = run.__qualname__ = mode
     run.__doc__ = spec.description
     run.__signature__ = signature
     run.__annotations__ = {"request": gr.Request}
     return run
+
+
+def _execute(playground: Playground, parsed, received_at: float, events: queue.Queue, cancel) -> None:
+    """Run a request in a worker thread, reporting steps (with latents) and the outcome as events."""
+
+    def on_step(image_index: int, step: int, steps: int, latents) -> None:
+        events.put(("step", image_index, step, steps, latents))
+
+    try:
+        events.put(("done", playground.execute(parsed, received_at, on_step, cancel)))
+    except GenerationError as error:
+        events.put(("done", error))

@@ -21,8 +21,9 @@ from pipelines.requests import (
     TextToImageRequest,
 )
 
-# Called after every denoising step with (image index, step done, steps in this image).
-StepCallback = Callable[[int, int, int], None]
+# Called after every denoising step with (image index, steps done, steps in this image,
+# the packed latents), e.g. to report progress or draw a preview.
+StepCallback = Callable[[int, int, int, torch.Tensor], None]
 
 
 def seeded_generator(seed: int) -> torch.Generator:
@@ -35,7 +36,7 @@ def _step_callback(on_step: StepCallback | None, image_index: int):
 
     def callback(pipe, step: int, timestep, callback_kwargs):
         if on_step is not None:
-            on_step(image_index, step + 1, pipe.num_timesteps)
+            on_step(image_index, step + 1, pipe.num_timesteps, callback_kwargs["latents"])
         return callback_kwargs
 
     return callback

@@ -51,6 +51,7 @@ class GenerationRequest:
     output_format: str
     output_quality: int
     enable_safety_checker: bool
+    live_preview: bool
 
     def seeds(self) -> list[int]:
         """Image i of the request uses seed + i, so each image reproduces on its own."""
@@ -233,6 +234,7 @@ def parse_request(mode: str, raw: Mapping[str, Any]) -> GenerationRequest:
         ),
         "output_quality": fields.number("output_quality"),
         "enable_safety_checker": fields.flag("enable_safety_checker"),
+        "live_preview": fields.flag("live_preview"),
     }
     if mode in ("text_to_image", "kontext_edit"):
         values["negative_prompt"] = fields.text("negative_prompt", required=False)

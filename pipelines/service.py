@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipelines.images import MIME_TYPES, encode_image
 from pipelines.manager import PipelineManager
-from pipelines.modes import generate
+from pipelines.modes import StepCallback, generate
 from pipelines.requests import GenerationRequest
 from pipelines.results import ResultStore
 from pipelines.safety import SafetyChecker, blank_like
@@ -137,18 +137,18 @@ class Playground:
         self,
         request: GenerationRequest,
         received_at: float | None = None,
-        on_step: Callable[[int, int, int], None] | None = None,
+        on_step: StepCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
         """Run a validated request (seed already resolved), check and store its images."""
         received_at = time.monotonic() if received_at is None else received_at
         request_id = uuid.uuid4().hex[:12]
 
-        def step(image_index: int, step_done: int, steps: int) -> None:
+        def step(image_index: int, step_done: int, steps: int, latents) -> None:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled()
             if on_step is not None:
-                on_step(image_index, step_done, steps)
+                on_step(image_index, step_done, steps, latents)
 
         images, flags, started, finished = self._generate(request, request_id, step)
         stored = [

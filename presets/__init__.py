@@ -72,6 +72,8 @@ class Presets:
     modes: Mapping[str, ModeDefaults]
     input_min_side: int
     input_max_pixels: int
+    preview_every_steps: int
+    preview_max_side: int
 
     def field(self, name: str) -> NumericField:
         return self.fields[name]
@@ -112,6 +114,8 @@ def load_presets(path: Path = PARAMETERS_FILE) -> Presets:
         modes=MappingProxyType(modes),
         input_min_side=data["input_image"]["min_side"],
         input_max_pixels=data["input_image"]["max_pixels"],
+        preview_every_steps=data["previews"]["every_steps"],
+        preview_max_side=data["previews"]["max_side"],
     )
 
 

@@ -105,7 +105,7 @@ def test_api_page_lists_every_endpoint_with_snake_case_parameters(client):
     names = [p["parameter_name"] for p in api["/text_to_image"]["parameters"]]
     assert names == ["prompt", "negative_prompt", "true_cfg_scale", "image_size", "width", "height",
                      "num_inference_steps", "guidance_scale", "seed", "num_images", "output_format",
-                     "output_quality", "enable_safety_checker"]
+                     "output_quality", "enable_safety_checker", "live_preview"]
     required = {p["parameter_name"] for p in api["/redux_variation"]["parameters"] if not p["parameter_has_default"]}
     assert required == {"image"}
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/kontext_edit"]["parameters"]}

@@ -33,3 +33,51 @@ def test_progress_reports_denoising_steps(client):
     assert seen, "no progress update was seen"
     assert all(length == 40 and unit == "steps" for _, length, unit in seen), seen
     assert len({index for index, _, _ in seen}) > 1
+
+
+def test_streaming_job_yields_previews_before_the_exact_final_image(client):
+    from conftest import pixels
+
+    request = {"prompt": "a fox", "image_size": "square", "num_inference_steps": 12, "num_images": 2, "seed": 21}
+    job = client.submit(**request, api_name="/text_to_image")
+    outputs = list(job)  # gradio_client iterates the generator's outputs as they arrive
+    previews, final = outputs[:-1], outputs[-1]
+    # 12 steps, a preview every 4 (never on the last step): steps 4 and 8 of each image.
+    assert [(p[2]["image_index"], p[2]["step"]) for p in previews] == [(0, 4), (0, 8), (1, 4), (1, 8)]
+    assert all(p[2]["preview"] and p[1] == 21 for p in previews)
+    assert all("preview" in p[0][0]["caption"] for p in previews)
+    assert result_images(previews[0])[0].size == (512, 512)
+    assert "preview" not in final[2] and final[2]["seeds"] == [21, 22]
+    # The final image is exact: the same as a request without previews.
+    plain = client.predict(**request, live_preview=False, api_name="/text_to_image")
+    assert all((pixels(a) == pixels(b)).all() for a, b in zip(result_images(final), result_images(plain)))
+
+
+def test_previews_can_be_turned_off(client):
+    job = client.submit(prompt="a fox", image_size="square", num_inference_steps=12, live_preview=False,
+                        api_name="/text_to_image")
+    assert len(list(job)) == 1
+
+
+def test_previews_in_the_image_modes(client):
+    job = client.submit(image=handle_file(EXAMPLE_BIRD), prompt="a red bird", num_inference_steps=8,
+                        image_size="custom", width=512, height=256, api_name="/kontext_edit")
+    outputs = list(job)
+    assert len(outputs) == 2 and outputs[0][2]["preview"]
+    assert result_images(outputs[0])[0].size == (512, 256)
+    assert result_images(outputs[-1])[0].size == (512, 256)
+
+
+def test_cancelling_a_job_stops_it_and_the_next_request_runs(client, playground):
+    job = client.submit(prompt="a fox", image_size="square_hd", num_inference_steps=50, num_images=4,
+                        api_name="/text_to_image")
+    deadline = time.monotonic() + 30
+    while not (job.status().progress_data or time.monotonic() > deadline):
+        time.sleep(0.02)
+    started = time.monotonic()
+    job.cancel()
+    # The accelerator is free again at the next step, long before the 200 steps (~10 s here)
+    # would have finished.
+    quick = client.predict(prompt="a fox", **FAST, seed=1, api_name="/text_to_image")
+    assert quick[2]["timings"]["queued_ms"] < 2000 and time.monotonic() - started < 5
+    assert result_images(quick)[0].size == (256, 256)
