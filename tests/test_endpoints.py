@@ -111,3 +111,14 @@ def test_api_page_lists_every_endpoint_with_snake_case_parameters(client):
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/kontext_edit"]["parameters"]}
     assert defaults["guidance_scale"] == 2.5 and defaults["num_inference_steps"] == 28
     assert defaults["image_size"] == "match_input"
+
+
+def test_safety_checker_in_the_playground(client, safety_threshold):
+    safety_threshold(0.0)
+    flagged = call(client, "/text_to_image", prompt="a fox", **FAST, seed=2)
+    assert flagged[2]["has_nsfw_concepts"] == [True] and "flagged by the safety checker" in flagged[0][0]["caption"]
+    assert result_images(flagged)[0].getextrema() == ((0, 0), (0, 0), (0, 0))
+    unchecked = call(client, "/text_to_image", prompt="a fox", **FAST, seed=2, enable_safety_checker=False)
+    assert unchecked[2]["has_nsfw_concepts"] == [False] and pixels(result_images(unchecked)[0]).std() > 5
+    status = client.predict(api_name="/status")["safety_checker"]
+    assert status["loaded"] and status["threshold"] == 0.0
