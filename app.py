@@ -16,7 +16,12 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from pipelines.gradio_endpoints import ENDPOINTS, make_endpoint, make_validator
+from pipelines.gradio_endpoints import (
+    ENDPOINTS,
+    QueueGate,
+    make_endpoint,
+    make_validator,
+)
 from pipelines.results import ResultStore
 from pipelines.safety import SafetyChecker
 from pipelines.service import ArrivalStamp, Playground
@@ -62,6 +67,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-private-urls", action="store_true", default=env("FLUX_ALLOW_PRIVATE_URLS") == "1",
                         help="let image URLs point at private, loopback and link-local addresses "
                              "(env FLUX_ALLOW_PRIVATE_URLS=1)")
+    parser.add_argument("--max-queue", type=int, default=int(env("FLUX_MAX_QUEUE", "16")),
+                        help="requests that may wait for the accelerator; more are told the server is busy "
+                             "(env FLUX_MAX_QUEUE)")
+    parser.add_argument("--time-limit", type=float, default=float(env("FLUX_TIME_LIMIT", "600")),
+                        help="seconds a request may run before it is stopped; 0 for none (env FLUX_TIME_LIMIT)")
+    parser.add_argument("--max-upload-mb", type=float, default=float(env("FLUX_MAX_UPLOAD_MB", "20")),
+                        help="largest input image accepted, uploaded or fetched (env FLUX_MAX_UPLOAD_MB)")
+    parser.add_argument("--auth", default=env("FLUX_AUTH"),
+                        help="require a login for the page: user:password[,user:password…] (env FLUX_AUTH)")
+    parser.add_argument("--api-key", default=env("FLUX_API_KEY"),
+                        help="require this key on the REST routes (env FLUX_API_KEY)")
+    parser.add_argument("--monitoring", action="store_true", default=env("FLUX_MONITORING") == "1",
+                        help="enable Gradio's monitoring dashboard (env FLUX_MONITORING=1)")
     parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (env GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")),
@@ -160,12 +178,12 @@ def results_column() -> tuple[gr.Gallery, gr.Number, gr.JSON]:
     return gallery, seed_used, info
 
 
-def wire(playground: Playground, mode: str, button: gr.Button, controls: dict, outputs: list):
+def wire(playground: Playground, gate: QueueGate, mode: str, button: gr.Button, controls: dict, outputs: list):
     """Bind a tab's Generate button to its endpoint: one named API route per mode."""
     names = ENDPOINTS[mode].parameters
     return button.click(
         make_endpoint(playground, mode), [controls[name] for name in names], outputs, api_name=mode,
-        validator=make_validator(mode),
+        validator=make_validator(mode, gate),
         concurrency_id=ACCELERATOR, concurrency_limit=1,
     )
 
@@ -174,14 +192,16 @@ def image_input(label: str) -> gr.Image:
     return Image(label=label, type="filepath", sources=["upload", "clipboard"], height=360)
 
 
-def mode_tab(playground: Playground, mode: str, build_inputs, add_to_results=None) -> None:
+def mode_tab(playground: Playground, gate: QueueGate, mode: str, build_inputs, add_to_results=None) -> None:
     """A tab: its own inputs (from `build_inputs`), the shared settings, results and examples.
     `add_to_results(controls, outputs)` may add controls under the results."""
     with gr.Tab(PRESETS.modes[mode].title, id=mode):
         with gr.Row():
             with gr.Column(scale=5):
                 controls = build_inputs()
-                button = gr.Button("Generate", variant="primary")
+                with gr.Row():
+                    button = gr.Button("Generate", variant="primary", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
                 controls.update(settings_controls(mode))
             with gr.Column(scale=6):
                 outputs = results_column()
@@ -191,7 +211,9 @@ def mode_tab(playground: Playground, mode: str, build_inputs, add_to_results=Non
         if example_fields:
             gr.Examples([[ex[k] for k in example_fields] for ex in EXAMPLES[mode]],
                         [controls[k] for k in example_fields], label="Examples")
-        wire(playground, mode, button, controls, list(outputs))
+        generation = wire(playground, gate, mode, button, controls, list(outputs))
+        # Stopping closes the endpoint's stream, which cancels the generation at its next step.
+        stop.click(None, None, None, cancels=[generation], api_visibility="private", queue=False)
 
 
 def prompt_box(label="Prompt", placeholder="Describe the image", lines=3) -> gr.Textbox:
@@ -206,7 +228,7 @@ def negative_prompt_controls() -> dict[str, gr.Component]:
         }
 
 
-def build_ui(playground: Playground) -> gr.Blocks:
+def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
     with gr.Blocks(title="FLUX Playground") as demo:
         gr.Markdown("# FLUX Playground\nFLUX.1 [dev], Kontext [dev] and Redux [dev] on one resident "
                     "pipeline manager. Every tab is also an API endpoint: see *Use via API* below.")
@@ -217,18 +239,18 @@ def build_ui(playground: Playground) -> gr.Blocks:
                 elem_id="demo-banner", elem_classes=["demo-banner"],
             )
         with gr.Tabs():
-            mode_tab(playground, "text_to_image", lambda: {"prompt": prompt_box(), **negative_prompt_controls()})
-            mode_tab(playground, "image_to_image", lambda: {
+            mode_tab(playground, gate, "text_to_image", lambda: {"prompt": prompt_box(), **negative_prompt_controls()})
+            mode_tab(playground, gate, "image_to_image", lambda: {
                 "image": image_input("Input image"),
                 "prompt": prompt_box(),
                 "strength": slider("strength"),
             })
-            mode_tab(playground, "kontext_edit", lambda: {
+            mode_tab(playground, gate, "kontext_edit", lambda: {
                 "image": image_input("Image to edit"),
                 "prompt": prompt_box("Instruction", "What to change, e.g. 'make it a watercolor'", 2),
                 **negative_prompt_controls(),
             }, add_to_results=add_iterative_editing)
-            mode_tab(playground, "redux_variation", lambda: {
+            mode_tab(playground, gate, "redux_variation", lambda: {
                 "image": image_input("Source image"),
                 "prompt": prompt_box("Prompt (optional)", "Optionally steer the variations", 2),
                 "prompt_embeds_scale": slider("prompt_embeds_scale"),
@@ -263,6 +285,16 @@ def _result_as_input(gallery: list | None, index: int):
     return item[0] if isinstance(item, (list, tuple)) else item
 
 
+def logins(auth: str | None) -> list[tuple[str, str]] | None:
+    """"user:password,user2:password2" as Gradio's list of (user, password)."""
+    if not auth:
+        return None
+    pairs = [entry.split(":", 1) for entry in auth.split(",") if entry.strip()]
+    if any(len(pair) != 2 or not all(pair) for pair in pairs):
+        raise SystemExit("--auth must be user:password[,user:password...]")
+    return [(user.strip(), password) for user, password in pairs]
+
+
 def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     """One process, one manager: the REST APIs and the Gradio page and API on one FastAPI app."""
     manager, demo_reason = start_manager(args)
@@ -270,15 +302,23 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     store.start_sweeper()
     safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
                            local_files_only=manager.local_files_only)
-    playground = Playground(manager, store, demo_reason, safety)
+    playground = Playground(manager, store, demo_reason, safety, max_waiting=args.max_queue,
+                            time_limit_seconds=args.time_limit)
     app = FastAPI(title="FLUX Playground", description=__doc__, docs_url="/docs", redoc_url=None)
     app.add_middleware(ArrivalStamp)
-    settings = RestSettings(fetch=FetchPolicy(allow_private=args.allow_private_urls), public_url=args.public_url)
+    max_bytes = int(args.max_upload_mb * 1024 * 1024)
+    settings = RestSettings(fetch=FetchPolicy(allow_private=args.allow_private_urls, max_bytes=max_bytes),
+                            public_url=args.public_url, api_key=args.api_key)
     add_rest_api(app, playground, settings)  # before Gradio takes `/`
     app.state.rest_settings = settings
-    demo = build_ui(playground)
-    demo.queue(default_concurrency_limit=1)
-    app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(store.folder)])
+    gate = QueueGate(args.max_queue)
+    demo = build_ui(playground, gate)
+    gate.attach(demo)
+    demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
+    # Results are served by id; the history index (every prompt) is not served at all.
+    app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(store.folder)],
+                              blocked_paths=[str(store.index_path)], auth=logins(args.auth),
+                              max_file_size=max_bytes, enable_monitoring=args.monitoring)
     return app, playground
 
 

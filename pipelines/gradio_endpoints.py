@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -73,9 +74,49 @@ ENDPOINTS = {
 }
 
 
-def make_validator(mode: str) -> Callable:
+class QueueGate:
+    """Bounds the number of requests waiting in Gradio's queue.
+
+    Gradio compares its queue with `max_size` before it runs an event's validator and adds
+    the event after, so a burst of arrivals can all pass that check while they validate. The
+    gate is asked from inside the validator and counts as waiting both the queue and the
+    arrivals it admitted that the queue has not recorded yet (at most `hold_seconds` old, in
+    case one never arrives)."""
+
+    def __init__(self, max_waiting: int, hold_seconds: float = 2.0):
+        self.max_waiting = max_waiting
+        self.hold_seconds = hold_seconds
+        self.blocks: gr.Blocks | None = None
+        self._admitted: list[float] = []
+        self._admitted_total = 0
+        self._lock = threading.Lock()
+
+    def attach(self, blocks: gr.Blocks) -> None:
+        self.blocks = blocks
+
+    def admit(self) -> bool:
+        if self.blocks is None:
+            return True
+        queue = self.blocks._queue  # Gradio's queue: its length and its count of events recorded
+        with self._lock:
+            now = time.monotonic()
+            self._admitted = [t for t in self._admitted if now - t < self.hold_seconds]
+            recorded = sum(queue.events_recorded_per_fn.get(mode, 0) for mode in ENDPOINTS)
+            validating = min(len(self._admitted), max(0, self._admitted_total - recorded))
+            if len(queue) + validating >= self.max_waiting:
+                return False
+            self._admitted.append(now)
+            self._admitted_total += 1
+            return True
+
+
+BUSY = "The server is busy: too many requests are waiting. Please try again in a moment."
+
+
+def make_validator(mode: str, gate: QueueGate | None = None) -> Callable:
     """A gradio `validator=` for a mode's endpoint: it runs when the request is queued, before
-    any accelerator time, and marks each invalid field with a message naming its range."""
+    any accelerator time, marks each invalid field with a message naming its range, and turns
+    requests away with a clear "busy" when too many are waiting."""
     names = list(ENDPOINTS[mode].parameters)
 
     def validate(*values):
@@ -85,6 +126,9 @@ def make_validator(mode: str) -> Callable:
         except RequestError as error:
             for problem in error.errors:
                 problems[problem.field] = "; ".join(filter(None, [problems.get(problem.field), problem.message]))
+        if not problems and gate is not None and not gate.admit():
+            # Shown on the first input, since it concerns none in particular.
+            problems[names[0]] = BUSY
         return [gr.validate(name not in problems, problems.get(name, "")) for name in names]
 
     validate.__signature__ = inspect.Signature(
@@ -139,6 +183,8 @@ def make_endpoint(playground: Playground, mode: str) -> Callable:
         outcome = event[1]
         if isinstance(outcome, GenerationError):
             raise gr.Error(str(outcome), title=outcome.title)
+        for warning in outcome.info["warnings"]:
+            gr.Warning(warning)
         gallery = [(str(image.file), caption(outcome.model, image)) for image in outcome.images]
         yield gallery, parsed.seed, outcome.info
 

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import re
+import struct
 
+import numpy as np
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from presets import PRESETS
 
 # Pillow's names for the formats users ask for.
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+# Input formats Pillow may try. Others (EPS runs Ghostscript, PSD, ICNS, ...) are a larger attack
+# surface for no use here. MPO (a camera JPEG with extra previews) opens through the JPEG opener.
+Image.init()
+OPENERS = tuple(f for f in ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if f in Image.OPEN)
+INPUT_FORMATS = OPENERS + ("MPO",)
+_NAMES = [{"WEBP": "WebP"}.get(f, f) for f in OPENERS]
+ACCEPTED = f"a {', '.join(_NAMES[:-1])} or {_NAMES[-1]} file"
+# Formats whose extra frames are an animation (TIFF's are pages, MPO's previews of the same shot).
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "AVIF")
+# What decoding a bad file raises: Pillow's own errors plus what broken headers surface as.
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
 
 
 def floor_to_multiple(value: float, multiple: int) -> int:
@@ -48,14 +66,38 @@ def kontext_size(width: int, height: int) -> tuple[int, int]:
     return best_width, best_height
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float grey as 8-bit "L"; other modes unchanged. Pillow's convert()
+    clips these to 0..255 (65535 and 32768 both become white) instead of scaling them.
+    "I" is taken as 16-bit (how Pillow opens 16-bit PNG/PGM files); "F" as 0..1 when every
+    value lies there (float TIFFs), else as Pillow's 0..255 scale."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.nan_to_num(np.asarray(image, dtype=np.float32))
+    top = 65535.0 if image.mode != "F" else 1.0 if 0 <= values.min() <= values.max() <= 1 else 255.0
+    return Image.fromarray(np.clip(np.rint(values * (255 / top)), 0, 255).astype(np.uint8))
+
+
+def has_transparent_pixels(image: Image.Image) -> bool:
+    """Whether any pixel is less than opaque (palettes often declare transparency they never use)."""
+    if not image.has_transparency_data:
+        return False
+    alpha = image.getchannel("A") if "A" in image.getbands() else image.convert("RGBA").getchannel("A")
+    return alpha.getextrema()[0] < 255
+
+
+def flatten_onto_white(image: Image.Image) -> Image.Image:
+    """8-bit RGB with any transparency composited onto white, as the user saw it on a page."""
+    if not image.has_transparency_data:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright RGB: honour the EXIF orientation, composite transparency onto white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")
+    """Upright 8-bit RGB: honour the EXIF orientation, scale deep values, put transparency on white."""
+    return flatten_onto_white(to_8bit(ImageOps.exif_transpose(image)))
 
 
 def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
@@ -64,3 +106,101 @@ def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
     options = {} if output_format == "png" else {"quality": quality}
     image.save(buffer, format=PIL_FORMATS[output_format], **options)
     return buffer.getvalue()
+
+
+class InputImageError(ValueError):
+    """An input image that cannot be used; the message names `field` and says what is accepted."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def limit_pillow_pixels(max_pixels: int) -> None:
+    """Make Pillow's process-wide bomb guard agree with ours; only ever tighten it. Pillow warns
+    above MAX_IMAGE_PIXELS and refuses above twice that, also where our header check cannot reach
+    (GIF frames that grow, TIFF tiles). Set once at import, not per call: the value is global and
+    saving/restoring it per open would race between request threads. This process refuses
+    larger inputs anyway, and its own outputs are far smaller."""
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+limit_pillow_pixels(PRESETS.input_max_pixels)
+
+
+def open_lazily(source, field: str) -> Image.Image:
+    """Open a path, bytes or file-like object; only the header is read."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    elif not isinstance(source, (str, os.PathLike)) and not hasattr(source, "read"):
+        raise InputImageError(field, f"{field} must be an image file ({ACCEPTED}), "
+                                     f"got {type(source).__name__}")
+    return Image.open(source, formats=OPENERS)
+
+
+def is_empty(source) -> bool:
+    """Whether bytes or a file are empty, to say so rather than "not a recognised format"."""
+    try:
+        return len(source) == 0 if isinstance(source, (bytes, bytearray, memoryview)) \
+            else isinstance(source, (str, os.PathLike)) and os.path.getsize(source) == 0
+    except OSError:
+        return False
+
+
+def unreadable(field: str, reason: str) -> InputImageError:
+    return InputImageError(field, f"{field} could not be read as an image ({reason}); use {ACCEPTED}")
+
+
+def too_large(field: str, size: str, max_pixels: int) -> InputImageError:
+    return InputImageError(field, f"{field} is {size}; at most {max_pixels:,} pixels "
+                                  f"({max_pixels / 1e6:g} megapixels) are accepted")
+
+
+def check_size(image: Image.Image, field: str, min_side: int, max_pixels: int) -> None:
+    """Refuse from the header alone, before anything is decoded."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise too_large(field, f"{width}x{height} = {width * height:,} pixels", max_pixels)
+    if min(width, height) < min_side:
+        raise InputImageError(field, f"{field} is {width}x{height}; each side must be at least {min_side} px")
+
+
+def first_frame(image: Image.Image, field: str) -> list[str]:
+    """Go to the first frame of an animation or multi-page file, saying so."""
+    frames = getattr(image, "n_frames", 1)
+    if frames <= 1 or image.format == "MPO":  # MPO's other frames are previews of the same photo
+        return []
+    image.seek(0)
+    if image.format in ANIMATED_FORMATS:
+        return [f"{field} is animated ({frames} frames); the first frame is used"]
+    return [f"{field} has {frames} pages; the first page is used"]
+
+
+def load_input_image(source, field: str, min_side: int, max_pixels: int) -> tuple[Image.Image, list[str]]:
+    """An upright 8-bit RGB image from a user's path, bytes, file object or PIL image, and
+    warnings for what was fixed on the way; raises InputImageError for what cannot be used."""
+    opened_here = not isinstance(source, Image.Image)
+    try:
+        image = open_lazily(source, field) if opened_here else source
+        try:
+            if image.format is not None and image.format not in INPUT_FORMATS:
+                raise unreadable(field, f"{image.format} files are not accepted")
+            check_size(image, field, min_side, max_pixels)
+            warnings = first_frame(image, field)
+            image.load()  # decode here, inside the try: a truncated file fails now, not half-grey
+            if has_transparent_pixels(image):
+                warnings.append(f"{field} has transparent areas; they are filled with white")
+            return to_rgb(image), warnings
+        finally:
+            if opened_here:
+                image.close()
+    except InputImageError:
+        raise  # already says what is wrong (and is a ValueError, caught below)
+    except Image.DecompressionBombError as error:  # Pillow's guard, before our header check
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        raise too_large(field, f"{int(pixels[1]):,} pixels" if pixels else "too large", max_pixels) from None
+    except UnidentifiedImageError:
+        raise unreadable(field, "the file is empty" if is_empty(source) else "not a recognised image format") from None
+    except READ_ERRORS as error:
+        raise unreadable(field, str(error) or type(error).__name__) from None

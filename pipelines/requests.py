@@ -10,12 +10,18 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from pipelines.images import fit_size, kontext_size, size_at_area, to_rgb
+from pipelines.images import (
+    InputImageError,
+    fit_size,
+    kontext_size,
+    load_input_image,
+    size_at_area,
+)
 from presets import CUSTOM, PRESETS, format_number
 
 # Redux and image-to-image outputs that follow the input are about this many pixels.
@@ -52,6 +58,8 @@ class GenerationRequest:
     output_quality: int
     enable_safety_checker: bool
     live_preview: bool
+    # What validation fixed on the way (an animated image's first frame used, ...).
+    warnings: tuple[str, ...] = field(default=(), kw_only=True)
 
     def seeds(self) -> list[int]:
         """Image i of the request uses seed + i, so each image reproduces on its own."""
@@ -109,6 +117,7 @@ class _FieldReader:
         self.raw = raw
         self.mode = mode
         self.errors: list[FieldError] = []
+        self.warnings: list[str] = []
 
     def fail(self, field: str, message: str) -> None:
         self.errors.append(FieldError(field, message))
@@ -165,21 +174,12 @@ class _FieldReader:
             self.fail(name, f"{name} is required: upload an image")
             return None
         try:
-            # Only the header is read here; pixels are decoded once the size is accepted.
-            image = value if isinstance(value, Image.Image) else Image.open(value)
-            width, height = image.size
-            if min(width, height) < PRESETS.input_min_side:
-                self.fail(name, f"{name} is {width}x{height}; each side must be at least "
-                                f"{PRESETS.input_min_side} px")
-                return None
-            if width * height > PRESETS.input_max_pixels:
-                self.fail(name, f"{name} is {width}x{height}; at most "
-                                f"{PRESETS.input_max_pixels // 1_000_000} megapixels are accepted")
-                return None
-            return to_rgb(image)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-            self.fail(name, f"{name} could not be read as an image ({error})")
+            image, warnings = load_input_image(value, name, PRESETS.input_min_side, PRESETS.input_max_pixels)
+        except InputImageError as error:
+            self.fail(error.field, str(error))
             return None
+        self.warnings.extend(warnings)
+        return image
 
     def flag(self, name: str) -> bool:
         value = self.raw.get(name)
@@ -249,4 +249,4 @@ def parse_request(mode: str, raw: Mapping[str, Any]) -> GenerationRequest:
     values["width"], values["height"] = fields.size(values.get("image"))
     if fields.errors:
         raise RequestError(fields.errors)
-    return REQUEST_TYPES[mode](**values)
+    return REQUEST_TYPES[mode](**values, warnings=tuple(fields.warnings))

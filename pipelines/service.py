@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipelines.images import MIME_TYPES, encode_image
+from pipelines.images import MIME_TYPES
 from pipelines.manager import PipelineManager
+from pipelines.metadata import encode_with_parameters, image_info
 from pipelines.modes import StepCallback, generate
+from pipelines.prompts import truncation_warnings
 from pipelines.requests import GenerationRequest
 from pipelines.results import ResultStore
 from pipelines.safety import SafetyChecker, blank_like
@@ -49,6 +52,12 @@ class GenerationError(RuntimeError):
 class GenerationCancelled(GenerationError):
     def __init__(self):
         super().__init__("The request was cancelled.", title="Cancelled")
+
+
+class ServerBusy(GenerationError):
+    def __init__(self, waiting: int):
+        super().__init__(f"The server is busy ({waiting} requests are waiting); try again in a moment.",
+                         title="Busy")
 
 
 class ArrivalStamp:
@@ -115,11 +124,16 @@ class Playground:
     """The service: one pipeline manager, one result store, optionally a safety checker."""
 
     def __init__(self, manager: PipelineManager, store: ResultStore, demo_reason: str | None = None,
-                 safety: SafetyChecker | None = None):
+                 safety: SafetyChecker | None = None, max_waiting: int = 16, time_limit_seconds: float = 0):
         self.manager = manager
         self.store = store
         self.demo_reason = demo_reason
         self.safety = safety
+        # Requests waiting for or holding the accelerator beyond this are refused as busy.
+        self.max_waiting = max_waiting
+        self.time_limit_seconds = time_limit_seconds  # 0: no limit
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
 
     @property
     def outputs_dir(self) -> Path:
@@ -143,35 +157,58 @@ class Playground:
         """Run a validated request (seed already resolved), check and store its images."""
         received_at = time.monotonic() if received_at is None else received_at
         request_id = uuid.uuid4().hex[:12]
+        started_box: list[float] = []
 
         def step(image_index: int, step_done: int, steps: int, latents) -> None:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled()
+            if self.time_limit_seconds and time.monotonic() - started_box[0] > self.time_limit_seconds:
+                raise GenerationError(f"The request took longer than the time limit of {self.time_limit_seconds:g} s "
+                                      "and was stopped. Try fewer steps, a smaller size or fewer images.",
+                                      title="Time limit")
             if on_step is not None:
                 on_step(image_index, step_done, steps, latents)
 
-        images, flags, started, finished = self._generate(request, request_id, step)
+        with self._admitted():
+            images, flags, warnings, started, finished = self._generate(request, request_id, step, started_box)
+        model = self.manager.sources.label_for(request.mode)
+        queued_ms, executed_ms = round((started - received_at) * 1000), round((finished - started) * 1000)
+        info = {
+            **request_info(request), "model": model, "request_id": request_id, "has_nsfw_concepts": flags,
+            "warnings": warnings, "timings": {"queued_ms": queued_ms, "executed_ms": executed_ms},
+        }
         stored = [
-            self._store(image, request, seed, flagged)
+            self._store(image, request, image_info(info, seed), flagged)
             for image, seed, flagged in zip(images, request.seeds(), flags, strict=True)
         ]
-        result = GenerationResult(
-            request=request, request_id=request_id, model=self.manager.sources.label_for(request.mode),
-            images=stored, queued_ms=round((started - received_at) * 1000),
-            executed_ms=round((finished - started) * 1000),
-        )
-        result.info = {
-            **request_info(request), "model": result.model, "request_id": request_id,
-            "has_nsfw_concepts": result.has_nsfw_concepts,
-            "timings": {"queued_ms": result.queued_ms, "executed_ms": result.executed_ms},
-        }
-        return result
+        return GenerationResult(request=request, request_id=request_id, model=model, images=stored,
+                                queued_ms=queued_ms, executed_ms=executed_ms, info=info)
+
+    @contextmanager
+    def _admitted(self):
+        """Count the request in, or refuse it at once when too many are already waiting."""
+        with self._in_flight_lock:
+            if self._in_flight >= self.max_waiting + 1:  # + the one running
+                raise ServerBusy(self._in_flight - 1)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _prompt_warnings(self, request: GenerationRequest) -> list[str]:
+        clip, t5 = self.manager.component("tokenizer"), self.manager.component("tokenizer_2")
+        texts = {"prompt": request.prompt, "negative_prompt": getattr(request, "negative_prompt", "")}
+        return [w for name, text in texts.items() for w in truncation_warnings(name, text, clip, t5)]
 
     @on_accelerator
-    def _generate(self, request: GenerationRequest, request_id: str, on_step):
+    def _generate(self, request: GenerationRequest, request_id: str, on_step, started_box: list[float]):
         with self.manager.lock:
             started = time.monotonic()
+            started_box.append(started)
             try:
+                warnings = list(request.warnings) + self._prompt_warnings(request)
                 images = generate(self.manager, request, on_step)
                 flags = self._safety_flags(request, images)
             except GenerationError:
@@ -189,7 +226,7 @@ class Playground:
                 raise GenerationError(
                     f"Generation failed ({type(error).__name__}: {error}). Request id {request_id}."
                 ) from None
-            return images, flags, started, time.monotonic()
+            return images, flags, warnings, started, time.monotonic()
 
     def _safety_flags(self, request: GenerationRequest, images: list[Image.Image]) -> list[bool]:
         if self.safety is None or not request.enable_safety_checker:
@@ -203,13 +240,19 @@ class Playground:
                 "not returned. Ask again with enable_safety_checker off to skip it.", title="Safety checker failed",
             ) from None
 
-    def _store(self, image: Image.Image, request: GenerationRequest, seed: int, flagged: bool) -> StoredImage:
-        """Encode in the format asked for and store; a flagged image is replaced by black."""
+    def _store(self, image: Image.Image, request: GenerationRequest, info: dict[str, Any],
+               flagged: bool) -> StoredImage:
+        """Encode in the format asked for with the parameters embedded (`info` holds this
+        image's own seed), store, and add it to the history index. A flagged image is
+        replaced by black."""
         if flagged:
             image = blank_like(image)
-        data = encode_image(image, request.output_format, request.output_quality)
+        data = encode_with_parameters(image, request.output_format, request.output_quality, info)
         result_id = self.store.save(data, request.output_format)
+        self.store.record(result_id, {"mode": request.mode, "model": info["model"], "prompt": request.prompt,
+                                      "seed": info["seed"], "width": image.width, "height": image.height,
+                                      "has_nsfw_concepts": flagged, "parameters": info})
         return StoredImage(
-            result_id=result_id, file=self.store.folder / result_id, seed=seed, width=image.width,
+            result_id=result_id, file=self.store.folder / result_id, seed=info["seed"], width=image.width,
             height=image.height, content_type=MIME_TYPES[request.output_format], has_nsfw_concepts=flagged,
         )

@@ -7,7 +7,9 @@ their images from the same result store under `/results/{id}`.
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+import hmac
+
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -18,25 +20,63 @@ from rest import fal_api, openai_api, runpod_api
 from rest.common import RestSettings
 
 
+class Unauthorized(Exception):
+    pass
+
+
+def supplied_key(http: Request) -> str:
+    """The key from `Authorization: Bearer …` (OpenAI, RunPod), `Authorization: Key …` (fal)
+    or `X-API-Key`."""
+    scheme, _, value = http.headers.get("authorization", "").partition(" ")
+    if scheme.lower() in ("bearer", "key") and value:
+        return value.strip()
+    return http.headers.get("x-api-key", "")
+
+
+def api_key_check(api_key: str | None):
+    async def check(http: Request) -> None:
+        if api_key and not hmac.compare_digest(supplied_key(http).encode(), api_key.encode()):
+            raise Unauthorized()
+
+    return check
+
+
+def api_error(http: Request, status: int, message: str, field: str | None = None) -> JSONResponse:
+    """An error in the shape of the API that was called."""
+    path = http.url.path
+    if path.startswith("/v1/"):
+        return openai_api.openai_error(status, message, field)
+    if path.startswith("/v2/"):
+        return runpod_api.failed(status, message)
+    return JSONResponse(status_code=status, content={"detail": message})
+
+
+def unauthorized(http: Request, error: Unauthorized) -> JSONResponse:
+    return api_error(http, 401, "A valid API key is required: send it as 'Authorization: Bearer <key>'.")
+
+
 def body_error(http: Request, error: RequestValidationError) -> JSONResponse:
     """A malformed body (wrong JSON types) in the shape of the API that was called."""
     problems = error.errors()
     first = problems[0] if problems else {"loc": ["body"], "msg": "invalid request body"}
     field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
     message = f"{field}: {first['msg']}"
-    path = http.url.path
-    if path.startswith("/v1/"):
-        return openai_api.openai_error(400, message, field)
-    if path.startswith("/v2/"):
-        return runpod_api.failed(400, f"Invalid parameter: {message}")
+    if http.url.path.startswith("/v2/"):
+        message = f"Invalid parameter: {message}"
+    if http.url.path.startswith(("/v1/", "/v2/")):
+        return api_error(http, 400, message, field)
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(problems)})
 
 
 def add_rest_api(app: FastAPI, playground: Playground, settings: RestSettings) -> None:
-    """Add the REST routes and `/results/{id}` to `app` (before Gradio is mounted at `/`)."""
+    """Add the REST routes and `/results/{id}` to `app` (before Gradio is mounted at `/`).
+    With `settings.api_key`, every API route asks for it; result URLs stay capability URLs
+    (random ids), so that image links work where they are handed on."""
     for module in (openai_api, runpod_api, fal_api):
-        app.include_router(module.create_router(playground, settings))
+        app.include_router(module.create_router(playground, settings),
+                           dependencies=[Depends(api_key_check(settings.api_key))])
     app.add_exception_handler(RequestValidationError, body_error)
+    app.add_exception_handler(Unauthorized, unauthorized)
 
     @app.get("/results/{result_id}", tags=["Results"])
     def get_result(result_id: str):

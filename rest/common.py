@@ -45,6 +45,7 @@ def resolve_model(name: str) -> str:
 class RestSettings:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     public_url: str | None = None  # the base of result URLs; by default, the request's own
+    api_key: str | None = None  # when set, every REST route asks for it
 
 
 def rename_field(error: FieldError, names: dict[str, str]) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.requests import RequestError
-from pipelines.service import GenerationError, GenerationResult
+from pipelines.service import GenerationError, GenerationResult, ServerBusy
 from rest.common import RestSettings, drop_none, rename_field, result_url, run_request
 from rest.inputs import InputError, load_image_input
 
@@ -66,7 +66,8 @@ def fal_response(result: GenerationResult, sync_mode: bool, http: Request, setti
         images.append({"url": url, "width": image.width, "height": image.height,
                        "content_type": image.content_type})
     return {"images": images, "timings": {"inference": result.executed_ms / 1000}, "seed": result.request.seed,
-            "has_nsfw_concepts": result.has_nsfw_concepts, "prompt": result.request.prompt}
+            "has_nsfw_concepts": result.has_nsfw_concepts, "prompt": result.request.prompt,
+            "warnings": result.info["warnings"]}
 
 
 # Each route: the mode it runs and fal's defaults for it.
@@ -93,6 +94,8 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
                 return JSONResponse(status_code=422, content={"detail": [
                     {"loc": ["body", field], "msg": message, "type": "value_error"}
                     for field, message in (rename_field(problem, FIELD_NAMES) for problem in error.errors)]})
+            except ServerBusy as error:
+                return fal_error("body", str(error), status=503)
             except GenerationError as error:
                 return fal_error("body", str(error), status=500)
             return fal_response(result, body.sync_mode, http, settings)

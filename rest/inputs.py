@@ -26,6 +26,8 @@ DATA_URI = re.compile(r"^data:(?P<type>[\w/+.-]*)(?P<params>(;[\w=.+-]+)*)?,(?P<
 
 @dataclass
 class FetchPolicy:
+    """Limits for image inputs: where URLs may point, and how large and slow any input may be."""
+
     allow_private: bool = False
     max_bytes: int = 20 * 1024 * 1024
     timeout_seconds: float = 15.0
@@ -127,6 +129,8 @@ def load_image_input(value: str | bytes, field: str, policy: FetchPolicy) -> Ima
         data = decode_data_uri(value, field)
     else:
         data = fetch_url(value.strip(), field, policy)
+    if len(data) > policy.max_bytes:
+        raise InputError(field, f"{field} is {len(data)} bytes; at most {policy.max_bytes} are accepted")
     try:
         return Image.open(io.BytesIO(data))
     except (OSError, ValueError, Image.DecompressionBombError) as error:

@@ -60,6 +60,11 @@ class JobQueue:
         self.pending.put(job)
         return job
 
+    def waiting(self) -> int:
+        """Jobs queued and not yet started."""
+        with self.lock:
+            return sum(job.status == "IN_QUEUE" for job in self.jobs.values())
+
     def get(self, job_id: str) -> Job | None:
         with self.lock:
             return self.jobs.get(job_id)

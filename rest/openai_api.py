@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.images import size_at_area
 from pipelines.requests import RequestError
-from pipelines.service import GenerationError, GenerationResult
+from pipelines.service import GenerationError, GenerationResult, ServerBusy
 from presets import PRESETS
 from rest.common import (
     MODEL_ALIASES,
@@ -116,7 +116,7 @@ def images_response(result: GenerationResult, response_format: str, http: Reques
     return {
         "created": int(time.time()), "data": data, "output_format": result.request.output_format,
         "size": f"{result.request.width}x{result.request.height}", "seed": result.request.seed,
-        "has_nsfw_concepts": result.has_nsfw_concepts, "model": result.model,
+        "has_nsfw_concepts": result.has_nsfw_concepts, "model": result.model, "warnings": result.info["warnings"],
     }
 
 
@@ -126,6 +126,9 @@ async def _generate(playground, settings, mode: str, raw: dict, response_format:
     except RequestError as error:
         param, _ = first_error(error, FIELD_NAMES)
         return openai_error(400, all_errors_message(error, FIELD_NAMES), param)
+    except ServerBusy as error:
+        return JSONResponse(status_code=503, content={"error": {"message": str(error), "type": "server_error",
+                                                                "param": None, "code": "server_busy"}})
     except GenerationError as error:
         return openai_error(500, str(error), code="generation_failed")
     return images_response(result, response_format, http, settings)

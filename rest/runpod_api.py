@@ -14,7 +14,12 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.requests import RequestError, parse_request, with_seed
-from pipelines.service import GenerationError, GenerationResult, arrival_time
+from pipelines.service import (
+    GenerationError,
+    GenerationResult,
+    ServerBusy,
+    arrival_time,
+)
 from rest.common import (
     MODEL_MODES,
     RestSettings,
@@ -76,7 +81,8 @@ def raw_fields(model: str, values: dict[str, Any], settings: RestSettings) -> di
 def render_output(result: GenerationResult, base_url: str) -> dict[str, Any]:
     """RunPod's `output`: the image URL and a cost, which is 0 on your own hardware."""
     return {"image_url": f"{base_url.rstrip('/')}/results/{result.images[0].result_id}", "cost": 0.0,
-            "seed": result.request.seed, "has_nsfw_concepts": result.has_nsfw_concepts}
+            "seed": result.request.seed, "has_nsfw_concepts": result.has_nsfw_concepts,
+            "warnings": result.info["warnings"]}
 
 
 def failed(status: int, message: str, job_id: str | None = None) -> JSONResponse:
@@ -115,6 +121,8 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
         job_id = f"sync-{uuid.uuid4()}"
         try:
             result = await run_in_threadpool(playground.execute, request, arrival_time(http.scope))
+        except ServerBusy as error:
+            return failed(503, str(error), job_id)
         except GenerationError as error:
             return failed(500, str(error), job_id)
         return {"id": job_id, "status": "COMPLETED", "delayTime": result.queued_ms,
@@ -128,6 +136,8 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
         if isinstance(prepared, JSONResponse):
             return prepared
         url = base_url(http)
+        if jobs.waiting() >= playground.max_waiting:
+            return failed(503, str(ServerBusy(jobs.waiting())))
         job = jobs.submit(prepared[1], lambda result: render_output(result, url), arrival_time(http.scope))
         return {"id": job.id, "status": job.status}
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,47 @@ import pytest
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_app(args: list[str], family_root: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """`python app.py ARGS` in its own process, as a user starts it; returns it and its URL
+    once the page answers. Its console goes to tmp_path/app.log."""
+    import requests
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+           "FLUX_PLAYGROUND_DEMO_MODELS": str(family_root), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "app.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--outputs-dir", str(tmp_path / "out"), *args],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return process, url
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    process.kill()
+    log.seek(0)
+    pytest.fail(f"app did not serve {url}:\n{log.read()}")
+
+
+def console(tmp_path: Path) -> str:
+    return (tmp_path / "app.log").read_text()
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def free_port() -> int:
@@ -35,20 +80,18 @@ def family(family_root) -> dict[str, Path]:
     return build_tiny_family(family_root)
 
 
-@pytest.fixture(scope="session")
-def served(family, tmp_path_factory):
-    """The app in demo mode, served by uvicorn on a free local port as `python app.py` serves it:
-    (gradio_client.Client, Playground, base URL)."""
+@contextlib.contextmanager
+def running_server(extra_args: list[str], outputs: Path):
+    """The app in demo mode, served by uvicorn on a free local port as `python app.py` serves it.
+    Yields (FastAPI app, Playground, base URL)."""
     import threading
     import time
 
     import uvicorn
-    from gradio_client import Client
 
     import app
 
-    args = app.parse_args(["--demo", "--port", str(free_port()),
-                           "--outputs-dir", str(tmp_path_factory.mktemp("outputs"))])
+    args = app.parse_args(["--demo", "--port", str(free_port()), "--outputs-dir", str(outputs), *extra_args])
     server_app, playground = app.create_server(args)
     server = uvicorn.Server(uvicorn.Config(server_app, host=args.host, port=args.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -56,11 +99,20 @@ def served(family, tmp_path_factory):
     deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    url = f"http://{args.host}:{args.port}/"
-    client = Client(url, verbose=False)
-    yield client, playground, url, server_app
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield server_app, playground, f"http://{args.host}:{args.port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def served(family, tmp_path_factory):
+    """(gradio_client.Client, Playground, base URL, FastAPI app) of the shared demo server."""
+    from gradio_client import Client
+
+    with running_server([], tmp_path_factory.mktemp("outputs")) as (server_app, playground, url):
+        yield Client(url, verbose=False), playground, url, server_app
 
 
 @pytest.fixture(scope="session")

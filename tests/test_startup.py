@@ -5,49 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import pytest
 import requests
-from conftest import free_port
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def start_app(args: list[str], family_root: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
-           "FLUX_PLAYGROUND_DEMO_MODELS": str(family_root), "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "app.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--outputs-dir", str(tmp_path / "out"), *args],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    process.kill()
-    log.seek(0)
-    pytest.fail(f"app did not serve {url}:\n{log.read()}")
-
-
-def console(tmp_path: Path) -> str:
-    return (tmp_path / "app.log").read_text()
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
+from conftest import REPO, console, start_app, stop
 
 def page_config(url: str) -> dict:
     return requests.get(url + "config", timeout=10).json()
