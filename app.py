@@ -21,7 +21,9 @@ from pipelines.gradio_endpoints import (
     QueueGate,
     make_endpoint,
     make_validator,
+    restorable_values,
 )
+from pipelines.metadata import read_parameters
 from pipelines.results import ResultStore
 from pipelines.safety import SafetyChecker
 from pipelines.service import ArrivalStamp, Playground
@@ -192,7 +194,7 @@ def image_input(label: str) -> gr.Image:
     return Image(label=label, type="filepath", sources=["upload", "clipboard"], height=360)
 
 
-def mode_tab(playground: Playground, gate: QueueGate, mode: str, build_inputs, add_to_results=None) -> None:
+def mode_tab(playground: Playground, gate: QueueGate, mode: str, build_inputs, add_to_results=None) -> dict:
     """A tab: its own inputs (from `build_inputs`), the shared settings, results and examples.
     `add_to_results(controls, outputs)` may add controls under the results."""
     with gr.Tab(PRESETS.modes[mode].title, id=mode):
@@ -214,6 +216,10 @@ def mode_tab(playground: Playground, gate: QueueGate, mode: str, build_inputs, a
         generation = wire(playground, gate, mode, button, controls, list(outputs))
         # Stopping closes the endpoint's stream, which cancels the generation at its next step.
         stop.click(None, None, None, cancels=[generation], api_visibility="private", queue=False)
+        with gr.Accordion("Restore parameters from a saved image", open=False):
+            saved = gr.File(label="Drop a PNG, JPEG or WebP saved by this playground", file_types=["image"],
+                            elem_id=f"restore-{mode}")
+    return {"controls": controls, "restore_from": saved}
 
 
 def prompt_box(label="Prompt", placeholder="Describe the image", lines=3) -> gr.Textbox:
@@ -238,30 +244,92 @@ def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
                 "model and look like noise; sizes, seeds and timings behave as with FLUX.1-dev.",
                 elem_id="demo-banner", elem_classes=["demo-banner"],
             )
-        with gr.Tabs():
-            mode_tab(playground, gate, "text_to_image", lambda: {"prompt": prompt_box(), **negative_prompt_controls()})
-            mode_tab(playground, gate, "image_to_image", lambda: {
-                "image": image_input("Input image"),
-                "prompt": prompt_box(),
-                "strength": slider("strength"),
-            })
-            mode_tab(playground, gate, "kontext_edit", lambda: {
-                "image": image_input("Image to edit"),
-                "prompt": prompt_box("Instruction", "What to change, e.g. 'make it a watercolor'", 2),
-                **negative_prompt_controls(),
-            }, add_to_results=add_iterative_editing)
-            mode_tab(playground, gate, "redux_variation", lambda: {
-                "image": image_input("Source image"),
-                "prompt": prompt_box("Prompt (optional)", "Optionally steer the variations", 2),
-                "prompt_embeds_scale": slider("prompt_embeds_scale"),
-                "pooled_prompt_embeds_scale": slider("pooled_prompt_embeds_scale"),
-            })
+        with gr.Tabs() as tabs:
+            tab = {
+                "text_to_image": mode_tab(playground, gate, "text_to_image", lambda: {
+                    "prompt": prompt_box(), **negative_prompt_controls()}),
+                "image_to_image": mode_tab(playground, gate, "image_to_image", lambda: {
+                    "image": image_input("Input image"),
+                    "prompt": prompt_box(),
+                    "strength": slider("strength"),
+                }),
+                "kontext_edit": mode_tab(playground, gate, "kontext_edit", lambda: {
+                    "image": image_input("Image to edit"),
+                    "prompt": prompt_box("Instruction", "What to change, e.g. 'make it a watercolor'", 2),
+                    **negative_prompt_controls(),
+                }, add_to_results=add_iterative_editing),
+                "redux_variation": mode_tab(playground, gate, "redux_variation", lambda: {
+                    "image": image_input("Source image"),
+                    "prompt": prompt_box("Prompt (optional)", "Optionally steer the variations", 2),
+                    "prompt_embeds_scale": slider("prompt_embeds_scale"),
+                    "pooled_prompt_embeds_scale": slider("pooled_prompt_embeds_scale"),
+                }),
+            }
+            history_tab(playground, tab, tabs)
+        wire_restore_from_files(tab, tabs)
         with gr.Accordion("Model status", open=False):
             status = gr.JSON(label="Pipeline manager")
             refresh = gr.Button("Refresh", size="sm")
         refresh.click(playground.status, None, status, api_name="status")
         demo.load(playground.status, None, status, api_visibility="private")
     return demo
+
+
+def history_tab(playground: Playground, tab: dict, tabs: gr.Tabs) -> None:
+    """Past results, newest first; a selected one's parameters can be restored to its tab."""
+    with gr.Tab("History", id="history") as history:
+        with gr.Row():
+            refresh = gr.Button("Refresh", size="sm", scale=0)
+            restore = gr.Button("Restore these parameters to their tab", size="sm", elem_id="restore-history")
+        gallery = gr.Gallery(label="Recent results", columns=6, height="auto", allow_preview=False,
+                             elem_id="history-gallery")
+        parameters = gr.JSON(label="Parameters of the selected result", elem_id="history-parameters")
+    entries = gr.State([])
+
+    def load_history():
+        recent = playground.store.history(limit=60)
+        items = [(str(playground.store.folder / e["id"]), f"{e['mode']} · seed {e['seed']} · {e['prompt'][:60]}")
+                 for e in recent]
+        return items, recent
+
+    for event in (history.select, refresh.click):
+        event(load_history, None, [gallery, entries], api_visibility="private", queue=False)
+    def selected_parameters(recent: list[dict], event: gr.SelectData) -> dict:
+        return recent[event.index].get("parameters", {})
+
+    gallery.select(selected_parameters, entries, parameters, api_visibility="private", queue=False)
+    restore.click(lambda values: restore_outputs(tab, values), parameters, restore_targets(tab, tabs),
+                  api_visibility="private", queue=False)
+
+
+def restore_targets(tab: dict, tabs: gr.Tabs) -> list:
+    """Every tab's controls, then the tab switcher: what a restore may update."""
+    return [control for mode in tab for control in tab[mode]["controls"].values()] + [tabs]
+
+
+def restore_outputs(tab: dict, parameters: dict | None) -> list:
+    """Updates for `restore_targets`: the saved values into their mode's tab, which is shown."""
+    mode = (parameters or {}).get("mode")
+    if mode not in tab:
+        raise gr.Error("Select a result saved by this playground first.")
+    values = restorable_values(mode, parameters)
+    updates = [values.get(name, gr.skip()) if m == mode else gr.skip()
+               for m in tab for name in tab[m]["controls"]]
+    return updates + [gr.Tabs(selected=mode)]
+
+
+def wire_restore_from_files(tab: dict, tabs: gr.Tabs) -> None:
+    """Dropping a saved image on a tab restores the parameters embedded in it."""
+
+    def restore_from(path: str | None):
+        parameters = read_parameters(path) if path else None
+        if not parameters:
+            raise gr.Error("That image carries no parameters this playground can read.")
+        return restore_outputs(tab, parameters)
+
+    for mode in tab:
+        tab[mode]["restore_from"].upload(restore_from, tab[mode]["restore_from"], restore_targets(tab, tabs),
+                                         api_visibility="private", queue=False)
 
 
 def add_iterative_editing(controls: dict, outputs: tuple) -> None:

@@ -205,3 +205,13 @@ def _execute(playground: Playground, parsed, received_at: float, events: queue.Q
         events.put(("done", playground.execute(parsed, received_at, on_step, cancel)))
     except GenerationError as error:
         events.put(("done", error))
+
+
+def restorable_values(mode: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The values of a mode's controls that reproduce a saved result's parameters: every
+    parameter the mode takes (the input image is not stored), at the result's exact size."""
+    values = {name: parameters[name] for name in ENDPOINTS[mode].parameters
+              if name in parameters and name not in ("image", "image_size", "width", "height")}
+    if "width" in parameters and "height" in parameters:
+        values.update(image_size="custom", width=parameters["width"], height=parameters["height"])
+    return values

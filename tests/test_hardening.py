@@ -10,7 +10,16 @@ import time
 import pytest
 import requests
 import torch
-from conftest import EXAMPLE_BIRD, FAST, call, pixels, result_images, running_server, start_app, stop
+from conftest import (
+    EXAMPLE_BIRD,
+    FAST,
+    call,
+    pixels,
+    result_images,
+    running_server,
+    start_app,
+    stop,
+)
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image

@@ -9,6 +9,7 @@ import sys
 import requests
 from conftest import REPO, console, start_app, stop
 
+
 def page_config(url: str) -> dict:
     return requests.get(url + "config", timeout=10).json()
 
