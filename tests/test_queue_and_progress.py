@@ -81,3 +81,24 @@ def test_cancelling_a_job_stops_it_and_the_next_request_runs(client, playground)
     quick = client.predict(prompt="a fox", **FAST, seed=1, api_name="/text_to_image")
     assert quick[2]["timings"]["queued_ms"] < 2000 and time.monotonic() - started < 5
     assert result_images(quick)[0].size == (256, 256)
+
+
+def test_waiting_jobs_see_their_queue_position_and_estimate(base_url):
+    from gradio_client import Client
+
+    request = {"prompt": "a fox", "image_size": "square_hd", "num_inference_steps": 16, "live_preview": False,
+               "api_name": "/text_to_image"}
+    users = [Client(base_url, verbose=False) for _ in range(3)]
+    jobs = [user.submit(**request) for user in users]
+    waiting = []  # (rank, queue size, estimate) of every job seen waiting
+    while not all(job.done() for job in jobs):
+        for job in jobs:
+            status = job.status()
+            if status.code.name == "IN_QUEUE" and status.rank is not None:
+                waiting.append((status.rank, status.queue_size, status.eta))
+        time.sleep(0.02)
+    # Three requests, one accelerator: some waited, knowing their place, and got an estimate.
+    assert waiting, "no job was seen waiting"
+    assert any(size and size >= 1 for _, size, _ in waiting)
+    assert any(eta is not None and eta > 0 for _, _, eta in waiting), waiting[:5]
+    assert all(result_images(job.result())[0].size == (1024, 1024) for job in jobs)

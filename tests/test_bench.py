@@ -1,0 +1,24 @@
+"""The benchmark runs (a smoke run: tiny sizes, one repeat) and reports what it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_benchmark_smoke_run_prints_a_table_and_writes_json(family, tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--repeats", "1", "--size", "256", "--steps", "2",
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "after a mode switch" in done.stdout and "via gradio_client" in done.stdout
+    result = json.loads(out.read_text())
+    assert set(result["modes"]) == {"text_to_image", "image_to_image", "kontext_edit", "redux_variation"}
+    assert all(row["steady_s"] > 0 and row["switch_ratio"] > 0 for row in result["modes"].values())
+    # Every component loaded once, and no weight stored twice.
+    assert set(result["load_counts"].values()) == {1}
+    assert result["resident_bytes"] == result["unique_resident_bytes"] > 0
+    assert result["api"]["api_s"] > 0 and result["startup_s"] > 0
