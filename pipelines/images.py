@@ -100,11 +100,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return flatten_onto_white(to_8bit(ImageOps.exif_transpose(image)))
 
 
-def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
-    """The image as a file in the format asked for; quality applies to JPEG and WebP."""
+def encode_image(image: Image.Image, output_format: str, quality: int, **save_options) -> bytes:
+    """The image as a file in the format asked for; quality applies to JPEG and WebP.
+    `save_options` go to Pillow's `save` (e.g. metadata: `pnginfo`, `exif`)."""
     buffer = io.BytesIO()
     options = {} if output_format == "png" else {"quality": quality}
-    image.save(buffer, format=PIL_FORMATS[output_format], **options)
+    image.save(buffer, format=PIL_FORMATS[output_format], **options, **save_options)
     return buffer.getvalue()
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from pipelines.images import PIL_FORMATS
+from pipelines.images import encode_image
 from pipelines.infotext import format_infotext, parse_infotext
 
 log = logging.getLogger("flux_playground")
@@ -56,25 +56,20 @@ def image_info(info: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def encode_with_parameters(image: Image.Image, output_format: str, quality: int, info: dict[str, Any]) -> bytes:
-    """Like `images.encode_image` (PNG lossless, JPEG/WebP at `quality`), with `info` embedded.
+    """`images.encode_image` (PNG lossless, JPEG/WebP at `quality`) with `info` embedded.
 
     `info` must be JSON-serialisable (anything else is written with str()) and per image:
     see `image_info`. The pixels are encoded exactly as without the metadata.
     """
     text, payload = format_infotext(info), info_json(info)
-    options: dict[str, Any] = {}
     if output_format == "png":
         chunks = PngImagePlugin.PngInfo()
         chunks.add_text(PNG_INFOTEXT_KEY, text)  # tEXt, or iTXt when not Latin-1, like A1111
         chunks.add_text(PNG_JSON_KEY, payload)
         chunks.add_text("Software", SOFTWARE)
-        options["pnginfo"] = chunks
-    else:
-        limit = JPEG_EXIF_LIMIT if output_format == "jpeg" else None
-        options.update(quality=quality, exif=_fitting_exif(text, payload, limit))
-    buffer = io.BytesIO()
-    image.save(buffer, format=PIL_FORMATS[output_format], **options)
-    return buffer.getvalue()
+        return encode_image(image, output_format, quality, pnginfo=chunks)
+    limit = JPEG_EXIF_LIMIT if output_format == "jpeg" else None
+    return encode_image(image, output_format, quality, exif=_fitting_exif(text, payload, limit))
 
 
 def info_json(info: dict[str, Any]) -> str:

@@ -157,20 +157,8 @@ class Playground:
         """Run a validated request (seed already resolved), check and store its images."""
         received_at = time.monotonic() if received_at is None else received_at
         request_id = uuid.uuid4().hex[:12]
-        started_box: list[float] = []
-
-        def step(image_index: int, step_done: int, steps: int, latents) -> None:
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled()
-            if self.time_limit_seconds and time.monotonic() - started_box[0] > self.time_limit_seconds:
-                raise GenerationError(f"The request took longer than the time limit of {self.time_limit_seconds:g} s "
-                                      "and was stopped. Try fewer steps, a smaller size or fewer images.",
-                                      title="Time limit")
-            if on_step is not None:
-                on_step(image_index, step_done, steps, latents)
-
         with self._admitted():
-            images, flags, warnings, started, finished = self._generate(request, request_id, step, started_box)
+            images, flags, warnings, started, finished = self._generate(request, request_id, on_step, cancel)
         model = self.manager.sources.label_for(request.mode)
         queued_ms, executed_ms = round((started - received_at) * 1000), round((finished - started) * 1000)
         info = {
@@ -202,14 +190,28 @@ class Playground:
         texts = {"prompt": request.prompt, "negative_prompt": getattr(request, "negative_prompt", "")}
         return [w for name, text in texts.items() for w in truncation_warnings(name, text, clip, t5)]
 
+    def _step_guard(self, started: float, on_step: StepCallback | None, cancel: threading.Event | None):
+        """The per-step callback: stops a cancelled or overlong request, then reports the step."""
+
+        def step(image_index: int, step_done: int, steps: int, latents) -> None:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled()
+            if self.time_limit_seconds and time.monotonic() - started > self.time_limit_seconds:
+                raise GenerationError(f"The request took longer than the time limit of {self.time_limit_seconds:g} s "
+                                      "and was stopped. Try fewer steps, a smaller size or fewer images.",
+                                      title="Time limit")
+            if on_step is not None:
+                on_step(image_index, step_done, steps, latents)
+
+        return step
+
     @on_accelerator
-    def _generate(self, request: GenerationRequest, request_id: str, on_step, started_box: list[float]):
+    def _generate(self, request: GenerationRequest, request_id: str, on_step, cancel):
         with self.manager.lock:
             started = time.monotonic()
-            started_box.append(started)
             try:
                 warnings = list(request.warnings) + self._prompt_warnings(request)
-                images = generate(self.manager, request, on_step)
+                images = generate(self.manager, request, self._step_guard(started, on_step, cancel))
                 flags = self._safety_flags(request, images)
             except GenerationError:
                 raise
