@@ -27,7 +27,7 @@ from pipelines.metadata import read_parameters
 from pipelines.results import ResultStore
 from pipelines.safety import SafetyChecker
 from pipelines.service import ArrivalStamp, Playground
-from pipelines.startup import start_manager
+from pipelines.startup import limit_malloc_arenas, start_manager
 from presets import CUSTOM, EXAMPLES, PRESETS
 from rest import add_rest_api
 from rest.common import RestSettings
@@ -393,6 +393,7 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    limit_malloc_arenas()
     app, _ = create_server(args)
     log.info("FLUX Playground on http://%s:%d/ (REST API docs at /docs)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

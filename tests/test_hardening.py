@@ -135,8 +135,8 @@ def test_forty_concurrent_jobs_each_get_images_or_a_clear_busy_error(family, fam
             served, busy = burst(users, request)
             assert served + busy == 40 and 5 <= served <= 12, (served, busy)
             rss.append(rss_megabytes(process.pid))
-        # The allocator and caches warm up over the first bursts; then memory stays flat.
-        assert rss[-1] - rss[2] < 40, rss
+        # After the first burst has warmed the caches, memory stays flat.
+        assert rss[-1] - rss[1] < 40, rss
         assert result_images(users[0].predict(**request))[0].size == (512, 512)
     finally:
         stop(process)
