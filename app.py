@@ -1,8 +1,9 @@
 """FLUX Playground: a Gradio web playground and API server for the FLUX.1 [dev] family.
 
-`python app.py` serves FLUX.1-dev, Kontext-dev and Redux-dev; `python app.py --demo` serves a
-tiny random-weight family offline. The UI here only declares components and wires events:
-requests, models and validation live in `pipelines/` and `presets/`.
+`python app.py` serves FLUX.1-dev, Kontext-dev, Redux-dev and the control LoRAs (and Fill-dev
+when configured); `python app.py --demo` serves a tiny random-weight family offline. This file
+starts the server; the page is declared in `ui/`, requests, models and validation live in
+`pipelines/` and `presets/`.
 """
 
 from __future__ import annotations
@@ -16,27 +17,18 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from pipelines.gradio_endpoints import (
-    ENDPOINTS,
-    QueueGate,
-    make_endpoint,
-    make_validator,
-    restorable_values,
-)
-from pipelines.metadata import read_parameters
+from pipelines.fetch import FetchPolicy
+from pipelines.gradio_endpoints import QueueGate
+from pipelines.lora_sources import LoraSourcePolicy
 from pipelines.results import ResultStore
 from pipelines.safety import SafetyChecker
 from pipelines.service import ArrivalStamp, Playground
-from pipelines.startup import limit_malloc_arenas, start_manager
-from presets import CUSTOM, EXAMPLES, PRESETS
+from pipelines.startup import demo_lora_folders, limit_malloc_arenas, start_manager
 from rest import add_rest_api
 from rest.common import RestSettings
-from rest.inputs import FetchPolicy
+from ui import build_ui
 
 log = logging.getLogger("flux_playground")
-
-# Every generating endpoint shares one accelerator: one request at a time across all tabs.
-ACCELERATOR = "accelerator"
 
 
 # --- start-up ---------------------------------------------------------------------------------
@@ -53,6 +45,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dev-model", help="hub id or folder of FLUX.1-dev (env FLUX_DEV_MODEL)")
     parser.add_argument("--kontext-model", help="hub id or folder of FLUX.1-Kontext-dev (env FLUX_KONTEXT_MODEL)")
     parser.add_argument("--redux-model", help="hub id or folder of FLUX.1-Redux-dev (env FLUX_REDUX_MODEL)")
+    parser.add_argument("--fill-model", default=env("FLUX_FILL_MODEL"), help="hub id or folder of FLUX.1-Fill-dev: inpainting and outpainting use it "
+                        "instead of FLUX.1-dev (another 12B transformer; env FLUX_FILL_MODEL). With --demo, any "
+                        "value selects the demo family's Fill model")
+    parser.add_argument("--canny-lora", help="hub id, folder or file of FLUX.1-Canny-dev-lora (env FLUX_CANNY_LORA)")
+    parser.add_argument("--depth-lora", help="hub id, folder or file of FLUX.1-Depth-dev-lora (env FLUX_DEPTH_LORA)")
+    parser.add_argument("--depth-model", help="hub id or folder of the depth estimator for depth control "
+                        "(env FLUX_DEPTH_MODEL; depth-anything/Depth-Anything-V2-Small-hf)")
+    parser.add_argument("--lora-dir", default=env("FLUX_LORA_DIR", "loras"),
+                        help="folder of LoRA files users may load by name; URL downloads are kept here too "
+                             "(env FLUX_LORA_DIR)")
+    parser.add_argument("--max-loras", type=int, default=int(env("FLUX_MAX_LORAS", "8")),
+                        help="LoRAs that may be loaded at once (env FLUX_MAX_LORAS)")
+    parser.add_argument("--max-lora-mb", type=float, default=float(env("FLUX_MAX_LORA_MB", "2048")),
+                        help="largest LoRA file fetched from a URL (env FLUX_MAX_LORA_MB)")
     parser.add_argument("--safety-model", help="hub id or folder of the NSFW classifier run on outputs "
                         "(env FLUX_SAFETY_MODEL; Falconsai/nsfw_image_detection)")
     parser.add_argument("--safety-threshold", type=float, default=float(env("FLUX_SAFETY_THRESHOLD", "0.85")),
@@ -89,270 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# --- layout -------------------------------------------------------------------------------------
-
-
-# Gradio's Slider, Number, Dropdown, Radio and Image check values in `preprocess` and refuse
-# bad API values with a message that names no field (and, before a validator, no message at
-# all). These subclasses hand values to the endpoint unchecked; the request validator checks
-# every one against presets/ and names the field and its range. `is_template` keeps each
-# parent's frontend component. (Gradio writes a stub `app.pyi` for them; it is ignored.)
-
-
-def _unchecked(self, payload):
-    return payload
-
-
-class Slider(gr.Slider):
-    is_template = True
-    preprocess = _unchecked
-
-
-class Number(gr.Number):
-    is_template = True
-    preprocess = _unchecked
-
-
-class Dropdown(gr.Dropdown):
-    is_template = True
-    preprocess = _unchecked
-
-
-class Radio(gr.Radio):
-    is_template = True
-    preprocess = _unchecked
-
-
-class Image(gr.Image):
-    is_template = True
-
-    def preprocess(self, payload):
-        # A path gradio has already checked to lie in its upload cache; decoding (and its
-        # errors) happens in request validation.
-        return None if payload is None else payload.path
-
-
-def slider(name: str, mode: str | None = None, **options) -> gr.Slider:
-    spec = PRESETS.field(name)
-    return Slider(spec.min, spec.max, value=PRESETS.default(name, mode), step=spec.step,
-                  label=spec.label, info=spec.info or None, **options)
-
-
-def settings_controls(mode: str) -> dict[str, gr.Component]:
-    """The controls every mode shares, with ranges and defaults from presets/."""
-    size_default = PRESETS.modes[mode].image_size
-    controls: dict[str, gr.Component] = {}
-    with gr.Accordion("Settings", open=True):
-        with gr.Row():
-            controls["image_size"] = Dropdown(
-                list(PRESETS.size_choices(mode)), value=size_default, label="Image size",
-                info="A preset, match_input (follow the input image) or custom.",
-            )
-            controls["num_images"] = slider("num_images")
-        with gr.Row(visible=size_default == CUSTOM) as custom_row:
-            controls["width"] = slider("width")
-            controls["height"] = slider("height")
-        controls["image_size"].change(
-            lambda choice: gr.Row(visible=choice == CUSTOM), controls["image_size"], custom_row,
-            api_visibility="private", queue=False,
-        )
-        with gr.Row():
-            controls["num_inference_steps"] = slider("num_inference_steps")
-            controls["guidance_scale"] = slider("guidance_scale", mode)
-        seed = PRESETS.field("seed")
-        with gr.Row():
-            controls["seed"] = Number(value=seed.default, precision=0, label=seed.label, info=seed.info)
-            controls["output_format"] = Radio(list(PRESETS.output_formats),
-                                              value=PRESETS.default_output_format, label="Output format")
-        controls["output_quality"] = slider("output_quality")
-        with gr.Row():
-            for name in ("enable_safety_checker", "live_preview"):
-                flag = PRESETS.flags[name]
-                controls[name] = gr.Checkbox(value=flag.default, label=flag.label, info=flag.info)
-    return controls
-
-
-def results_column() -> tuple[gr.Gallery, gr.Number, gr.JSON]:
-    gallery = gr.Gallery(label="Results", columns=2, height="auto", object_fit="contain", interactive=False)
-    seed_used = gr.Number(value=None, label="Seed used", precision=0, interactive=False)
-    with gr.Accordion("Parameters used", open=False):
-        info = gr.JSON(label="Parameters and timings")
-    return gallery, seed_used, info
-
-
-def wire(playground: Playground, gate: QueueGate, mode: str, button: gr.Button, controls: dict, outputs: list):
-    """Bind a tab's Generate button to its endpoint: one named API route per mode."""
-    names = ENDPOINTS[mode].parameters
-    return button.click(
-        make_endpoint(playground, mode), [controls[name] for name in names], outputs, api_name=mode,
-        validator=make_validator(mode, gate),
-        concurrency_id=ACCELERATOR, concurrency_limit=1,
-    )
-
-
-def image_input(label: str) -> gr.Image:
-    return Image(label=label, type="filepath", sources=["upload", "clipboard"], height=360)
-
-
-def mode_tab(playground: Playground, gate: QueueGate, mode: str, build_inputs, add_to_results=None) -> dict:
-    """A tab: its own inputs (from `build_inputs`), the shared settings, results and examples.
-    `add_to_results(controls, outputs)` may add controls under the results."""
-    with gr.Tab(PRESETS.modes[mode].title, id=mode):
-        with gr.Row():
-            with gr.Column(scale=5):
-                controls = build_inputs()
-                with gr.Row():
-                    button = gr.Button("Generate", variant="primary", scale=3)
-                    stop = gr.Button("Stop", variant="stop", scale=1)
-                controls.update(settings_controls(mode))
-            with gr.Column(scale=6):
-                outputs = results_column()
-                if add_to_results:
-                    add_to_results(controls, outputs)
-        example_fields = list(EXAMPLES[mode][0]) if EXAMPLES[mode] else []
-        if example_fields:
-            gr.Examples([[ex[k] for k in example_fields] for ex in EXAMPLES[mode]],
-                        [controls[k] for k in example_fields], label="Examples")
-        generation = wire(playground, gate, mode, button, controls, list(outputs))
-        # Stopping closes the endpoint's stream, which cancels the generation at its next step.
-        stop.click(None, None, None, cancels=[generation], api_visibility="private", queue=False)
-        with gr.Accordion("Restore parameters from a saved image", open=False):
-            saved = gr.File(label="Drop a PNG, JPEG or WebP saved by this playground", file_types=["image"],
-                            elem_id=f"restore-{mode}")
-    return {"controls": controls, "restore_from": saved}
-
-
-def prompt_box(label="Prompt", placeholder="Describe the image", lines=3) -> gr.Textbox:
-    return gr.Textbox(label=label, placeholder=placeholder, lines=lines, max_lines=8)
-
-
-def negative_prompt_controls() -> dict[str, gr.Component]:
-    with gr.Accordion("Negative prompt (true CFG)", open=False):
-        return {
-            "negative_prompt": gr.Textbox(label="Negative prompt", lines=1, info="Used when true CFG scale is above 1."),
-            "true_cfg_scale": slider("true_cfg_scale"),
-        }
-
-
-def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
-    with gr.Blocks(title="FLUX Playground") as demo:
-        gr.Markdown("# FLUX Playground\nFLUX.1 [dev], Kontext [dev] and Redux [dev] on one resident "
-                    "pipeline manager. Every tab is also an API endpoint: see *Use via API* below.")
-        if playground.demo_reason:
-            gr.Markdown(
-                f"**Demo mode:** {playground.demo_reason}. Results come from a tiny random-weight "
-                "model and look like noise; sizes, seeds and timings behave as with FLUX.1-dev.",
-                elem_id="demo-banner", elem_classes=["demo-banner"],
-            )
-        with gr.Tabs() as tabs:
-            tab = {
-                "text_to_image": mode_tab(playground, gate, "text_to_image", lambda: {
-                    "prompt": prompt_box(), **negative_prompt_controls()}),
-                "image_to_image": mode_tab(playground, gate, "image_to_image", lambda: {
-                    "image": image_input("Input image"),
-                    "prompt": prompt_box(),
-                    "strength": slider("strength"),
-                }),
-                "kontext_edit": mode_tab(playground, gate, "kontext_edit", lambda: {
-                    "image": image_input("Image to edit"),
-                    "prompt": prompt_box("Instruction", "What to change, e.g. 'make it a watercolor'", 2),
-                    **negative_prompt_controls(),
-                }, add_to_results=add_iterative_editing),
-                "redux_variation": mode_tab(playground, gate, "redux_variation", lambda: {
-                    "image": image_input("Source image"),
-                    "prompt": prompt_box("Prompt (optional)", "Optionally steer the variations", 2),
-                    "prompt_embeds_scale": slider("prompt_embeds_scale"),
-                    "pooled_prompt_embeds_scale": slider("pooled_prompt_embeds_scale"),
-                }),
-            }
-            history_tab(playground, tab, tabs)
-        wire_restore_from_files(tab, tabs)
-        with gr.Accordion("Model status", open=False):
-            status = gr.JSON(label="Pipeline manager")
-            refresh = gr.Button("Refresh", size="sm")
-        refresh.click(playground.status, None, status, api_name="status")
-        demo.load(playground.status, None, status, api_visibility="private")
-    return demo
-
-
-def history_tab(playground: Playground, tab: dict, tabs: gr.Tabs) -> None:
-    """Past results, newest first; a selected one's parameters can be restored to its tab."""
-    with gr.Tab("History", id="history") as history:
-        with gr.Row():
-            refresh = gr.Button("Refresh", size="sm", scale=0)
-            restore = gr.Button("Restore these parameters to their tab", size="sm", elem_id="restore-history")
-        gallery = gr.Gallery(label="Recent results", columns=6, height="auto", allow_preview=False,
-                             elem_id="history-gallery")
-        parameters = gr.JSON(label="Parameters of the selected result", elem_id="history-parameters")
-    entries = gr.State([])
-
-    def load_history():
-        recent = playground.store.history(limit=60)
-        items = [(str(playground.store.folder / e["id"]), f"{e['mode']} · seed {e['seed']} · {e['prompt'][:60]}")
-                 for e in recent]
-        return items, recent
-
-    for event in (history.select, refresh.click):
-        event(load_history, None, [gallery, entries], api_visibility="private", queue=False)
-    def selected_parameters(recent: list[dict], event: gr.SelectData) -> dict:
-        return recent[event.index].get("parameters", {})
-
-    gallery.select(selected_parameters, entries, parameters, api_visibility="private", queue=False)
-    restore.click(lambda values: restore_outputs(tab, values), parameters, restore_targets(tab, tabs),
-                  api_visibility="private", queue=False)
-
-
-def restore_targets(tab: dict, tabs: gr.Tabs) -> list:
-    """Every tab's controls, then the tab switcher: what a restore may update."""
-    return [control for mode in tab for control in tab[mode]["controls"].values()] + [tabs]
-
-
-def restore_outputs(tab: dict, parameters: dict | None) -> list:
-    """Updates for `restore_targets`: the saved values into their mode's tab, which is shown."""
-    mode = (parameters or {}).get("mode")
-    if mode not in tab:
-        raise gr.Error("Select a result saved by this playground first.")
-    values = restorable_values(mode, parameters)
-    updates = [values.get(name, gr.skip()) if m == mode else gr.skip()
-               for m in tab for name in tab[m]["controls"]]
-    return updates + [gr.Tabs(selected=mode)]
-
-
-def wire_restore_from_files(tab: dict, tabs: gr.Tabs) -> None:
-    """Dropping a saved image on a tab restores the parameters embedded in it."""
-
-    def restore_from(path: str | None):
-        parameters = read_parameters(path) if path else None
-        if not parameters:
-            raise gr.Error("That image carries no parameters this playground can read.")
-        return restore_outputs(tab, parameters)
-
-    for mode in tab:
-        tab[mode]["restore_from"].upload(restore_from, tab[mode]["restore_from"], restore_targets(tab, tabs),
-                                         api_visibility="private", queue=False)
-
-
-def add_iterative_editing(controls: dict, outputs: tuple) -> None:
-    """'Edit this result next': the selected (or first) Kontext result becomes the next input."""
-    gallery = outputs[0]
-    selected = gr.State(0)
-    use_result = gr.Button("Edit this result next", size="sm", elem_id="edit-result-next")
-    gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
-    use_result.click(_result_as_input, [gallery, selected], controls["image"],
-                     api_visibility="private", queue=False)
-
-
-def _selected_index(event: gr.SelectData) -> int:
-    return event.index
-
-
-def _result_as_input(gallery: list | None, index: int):
-    if not gallery:
-        raise gr.Error("Generate an edit first, then send it back as the next input.")
-    item = gallery[min(index, len(gallery) - 1)]
-    return item[0] if isinstance(item, (list, tuple)) else item
-
-
 def logins(auth: str | None) -> list[tuple[str, str]] | None:
     """"user:password,user2:password2" as Gradio's list of (user, password)."""
     if not auth:
@@ -370,8 +112,12 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     store.start_sweeper()
     safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
                            local_files_only=manager.local_files_only)
+    lora_sources = LoraSourcePolicy(
+        folders=(Path(args.lora_dir), *demo_lora_folders(manager)),
+        fetch=FetchPolicy(allow_private=args.allow_private_urls, max_bytes=int(args.max_lora_mb * 1024 * 1024),
+                          timeout_seconds=300))
     playground = Playground(manager, store, demo_reason, safety, max_waiting=args.max_queue,
-                            time_limit_seconds=args.time_limit)
+                            time_limit_seconds=args.time_limit, lora_sources=lora_sources)
     app = FastAPI(title="FLUX Playground", description=__doc__, docs_url="/docs", redoc_url=None)
     app.add_middleware(ArrivalStamp)
     max_bytes = int(args.max_upload_mb * 1024 * 1024)

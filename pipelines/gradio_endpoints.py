@@ -16,14 +16,17 @@ from typing import Any
 
 import gradio as gr
 
+from pipelines.fetch import InputError
 from pipelines.previews import preview_image, should_preview
-from pipelines.requests import RequestError, parse_request, with_seed
+from pipelines.requests import LORA_MODES, RequestError, parse_request, with_seed
 from pipelines.service import GenerationError, Playground, arrival_time
 from presets import PRESETS
 
-# Parameters every generating endpoint takes after its own, in this order.
-SHARED_PARAMETERS = (
-    "image_size", "width", "height", "num_inference_steps", "guidance_scale", "seed",
+SIZE_PARAMETERS = ("image_size", "width", "height")
+# Parameters every generating endpoint takes after its own, in this order; then `loras`
+# where LoRAs apply (last, so that positional callers of older versions are unaffected).
+SHARED_PARAMETERS = SIZE_PARAMETERS + (
+    "num_inference_steps", "guidance_scale", "seed",
     "num_images", "output_format", "output_quality", "enable_safety_checker", "live_preview",
 )
 
@@ -37,10 +40,16 @@ class Endpoint:
     own_parameters: tuple[str, ...]
     required: tuple[str, ...]
     description: str
+    sized: bool = True  # takes image_size/width/height (outpainting's size is its canvas)
 
     @property
     def parameters(self) -> tuple[str, ...]:
-        return self.own_parameters + SHARED_PARAMETERS
+        shared = SHARED_PARAMETERS if self.sized else SHARED_PARAMETERS[len(SIZE_PARAMETERS):]
+        return self.own_parameters + shared + (("loras",) if self.mode in LORA_MODES else ())
+
+    @property
+    def returns_control_image(self) -> bool:
+        return self.mode == "control"
 
     def signature(self) -> inspect.Signature:
         keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -70,6 +79,19 @@ ENDPOINTS = {
                  ("image",),
                  "Make variations of an image with FLUX.1 Redux [dev] on FLUX.1 [dev]; an optional prompt "
                  "steers them. By default the output keeps the input's aspect at about one megapixel."),
+        Endpoint("inpaint", ("image", "prompt", "mask_image", "strength", "mask_blur"), ("image", "prompt"),
+                 "Repaint the masked part of an image (white in mask_image, or painted layers of the image "
+                 "editor's value) with FLUX.1 [dev], or FLUX.1 Fill [dev] when the server has it. Pixels "
+                 "outside the mask are returned unchanged."),
+        Endpoint("outpaint", ("image", "prompt", "expand_left", "expand_right", "expand_top", "expand_bottom",
+                              "aspect_ratio", "strength", "mask_blur"), ("image", "prompt"),
+                 "Extend an image by the given pixels on each side, or to a target aspect ratio; the output "
+                 "is the padded canvas (sides multiples of 16) with the input's pixels unchanged.",
+                 sized=False),
+        Endpoint("control", ("image", "prompt", "control_type", "preprocess", "canny_low_threshold",
+                             "canny_high_threshold"), ("image", "prompt"),
+                 "Generate following the structure of an image: its Canny edges or its depth, with BFL's "
+                 "FLUX.1 Canny/Depth [dev] LoRAs on FLUX.1 [dev]. Also returns the control map used."),
     )
 }
 
@@ -113,16 +135,17 @@ class QueueGate:
 BUSY = "The server is busy: too many requests are waiting. Please try again in a moment."
 
 
-def make_validator(mode: str, gate: QueueGate | None = None) -> Callable:
+def make_validator(mode: str, gate: QueueGate | None = None, offer: Callable | None = None) -> Callable:
     """A gradio `validator=` for a mode's endpoint: it runs when the request is queued, before
     any accelerator time, marks each invalid field with a message naming its range, and turns
-    requests away with a clear "busy" when too many are waiting."""
+    requests away with a clear "busy" when too many are waiting. `offer()` says what the
+    server offers now (loaded LoRAs, the Fill model)."""
     names = list(ENDPOINTS[mode].parameters)
 
     def validate(*values):
         problems: dict[str, str] = {}
         try:
-            parse_request(mode, dict(zip(names, values, strict=True)))
+            parse_request(mode, dict(zip(names, values, strict=True)), *([offer()] if offer else []))
         except RequestError as error:
             for problem in error.errors:
                 problems[problem.field] = "; ".join(filter(None, [problems.get(problem.field), problem.message]))
@@ -157,12 +180,14 @@ def make_endpoint(playground: Playground, mode: str) -> Callable:
         values = signature.bind(*args, **kwargs).arguments
         request, progress = values.get("request"), values.get("progress") or gr.Progress()
         try:
-            parsed = with_seed(parse_request(mode, {name: values.get(name) for name in spec.parameters}))
+            parsed = with_seed(parse_request(mode, {name: values.get(name) for name in spec.parameters},
+                                             playground.offer()))
         except RequestError as error:
             raise gr.Error(str(error), title="Invalid request") from None
-        missing = playground.manager.missing_components(mode)
+        missing = playground.manager.missing_components(mode, getattr(parsed, "control_type", None))
         if missing:  # a mode's first request loads its weights: say so rather than sit still
             progress(0, desc=f"Loading {', '.join(missing)}")
+        extras = (gr.skip(),) if spec.returns_control_image else ()  # the control map comes at the end
         scope = request.request.scope if request is not None else None
         events: queue.Queue = queue.Queue()
         cancel = threading.Event()
@@ -171,13 +196,13 @@ def make_endpoint(playground: Playground, mode: str) -> Callable:
         worker.start()
         try:
             while (event := events.get())[0] != "done":
-                kind, image_index, step, steps, latents = event
+                _, image_index, step, steps, latents = event
                 progress((image_index * steps + step, parsed.num_images * steps), desc="Denoising", unit="steps")
                 if parsed.live_preview and should_preview(step - 1, steps, PRESETS.preview_every_steps):
                     preview = preview_image(latents, parsed.height, parsed.width, PRESETS.preview_max_side)
                     label = f"preview · image {image_index + 1} of {parsed.num_images} · step {step}/{steps}"
                     yield [(preview, label)], parsed.seed, {"preview": True, "image_index": image_index,
-                                                            "step": step, "steps": steps}
+                                                            "step": step, "steps": steps}, *extras
         finally:
             cancel.set()  # no-op once finished; stops a generation whose caller went away
         outcome = event[1]
@@ -186,7 +211,10 @@ def make_endpoint(playground: Playground, mode: str) -> Callable:
         for warning in outcome.info["warnings"]:
             gr.Warning(warning)
         gallery = [(str(image.file), caption(outcome.model, image)) for image in outcome.images]
-        yield gallery, parsed.seed, outcome.info
+        if spec.returns_control_image:
+            yield gallery, parsed.seed, outcome.info, str(outcome.control_image.file)
+        else:
+            yield gallery, parsed.seed, outcome.info
 
     run.__name__ = run.__qualname__ = mode
     run.__doc__ = spec.description
@@ -207,11 +235,35 @@ def _execute(playground: Playground, parsed, received_at: float, events: queue.Q
         events.put(("done", error))
 
 
+def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
+    """The `/load_lora` and `/unload_lora` endpoints; each returns the loaded LoRAs."""
+
+    def load_lora(source: str, name: str | None = None) -> dict[str, Any]:
+        """Load a LoRA onto the FLUX.1 [dev] transformer: a hub repository (user/repo or
+        user/repo/file.safetensors), a URL to a .safetensors file, or a file in the server's
+        LoRA folders. Requests apply it by name in their `loras` field ("name:weight")."""
+        try:
+            playground.load_lora(source, name)
+        except InputError as error:
+            raise gr.Error(str(error), title="LoRA not loaded") from None
+        return playground.manager.status()["loras"]
+
+    def unload_lora(name: str) -> dict[str, Any]:
+        """Take a loaded LoRA off the FLUX.1 [dev] transformer."""
+        try:
+            playground.unload_lora(name)
+        except InputError as error:
+            raise gr.Error(str(error), title="LoRA not unloaded") from None
+        return playground.manager.status()["loras"]
+
+    return load_lora, unload_lora
+
+
 def restorable_values(mode: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """The values of a mode's controls that reproduce a saved result's parameters: every
     parameter the mode takes (the input image is not stored), at the result's exact size."""
     values = {name: parameters[name] for name in ENDPOINTS[mode].parameters
-              if name in parameters and name not in ("image", "image_size", "width", "height")}
-    if "width" in parameters and "height" in parameters:
+              if name in parameters and name not in ("image", "mask_image", *SIZE_PARAMETERS)}
+    if "width" in parameters and "height" in parameters and ENDPOINTS[mode].sized:
         values.update(image_size="custom", width=parameters["width"], height=parameters["height"])
     return values

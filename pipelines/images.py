@@ -178,9 +178,20 @@ def first_frame(image: Image.Image, field: str) -> list[str]:
     return [f"{field} has {frames} pages; the first page is used"]
 
 
-def load_input_image(source, field: str, min_side: int, max_pixels: int) -> tuple[Image.Image, list[str]]:
-    """An upright 8-bit RGB image from a user's path, bytes, file object or PIL image, and
-    warnings for what was fixed on the way; raises InputImageError for what cannot be used."""
+def to_mask(image: Image.Image) -> Image.Image:
+    """An upright 8-bit "L" mask: the alpha channel where the image has transparent pixels (a
+    painted layer: what is painted is opaque), else the grey value (white marks the area)."""
+    image = to_8bit(ImageOps.exif_transpose(image))
+    if has_transparent_pixels(image):
+        return image.convert("RGBA").getchannel("A")
+    return image.convert("L")
+
+
+def load_input_image(source, field: str, min_side: int, max_pixels: int,
+                     as_mask: bool = False) -> tuple[Image.Image, list[str]]:
+    """An upright 8-bit RGB image (or, `as_mask`, an "L" mask) from a user's path, bytes, file
+    object or PIL image, and warnings for what was fixed on the way; raises InputImageError for
+    what cannot be used."""
     opened_here = not isinstance(source, Image.Image)
     try:
         image = open_lazily(source, field) if opened_here else source
@@ -190,6 +201,8 @@ def load_input_image(source, field: str, min_side: int, max_pixels: int) -> tupl
             check_size(image, field, min_side, max_pixels)
             warnings = first_frame(image, field)
             image.load()  # decode here, inside the try: a truncated file fails now, not half-grey
+            if as_mask:
+                return to_mask(image), warnings
             if has_transparent_pixels(image):
                 warnings.append(f"{field} has transparent areas; they are filled with white")
             return to_rgb(image), warnings

@@ -18,7 +18,10 @@ import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    FluxControlPipeline,
+    FluxFillPipeline,
     FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
     FluxKontextPipeline,
     FluxPipeline,
     FluxPriorReduxPipeline,
@@ -26,6 +29,8 @@ from diffusers import (
 )
 from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
 from transformers import (
+    AutoImageProcessor,
+    AutoModelForDepthEstimation,
     CLIPTextModel,
     CLIPTokenizer,
     SiglipImageProcessor,
@@ -34,6 +39,8 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from pipelines import adapters
+from pipelines.adapters import AdapterState, LoraError, LoraTensors, UserLora
 from pipelines.sources import ModelSources, Placement
 
 
@@ -41,25 +48,33 @@ from pipelines.sources import ModelSources, Placement
 class ComponentSpec:
     """One loadable component: which repository, which subfolder, which class loads it."""
 
-    source: str  # "dev", "kontext" or "redux": a field of ModelSources
-    subfolder: str
+    source: str  # "dev", "kontext", "redux", ...: a field of ModelSources
+    subfolder: str | None  # None: the repository's root
     loader: type
+    module: bool = True  # weights to place on the accelerator in the manager's dtype
 
 
 COMPONENTS: dict[str, ComponentSpec] = {
-    "scheduler": ComponentSpec("dev", "scheduler", FlowMatchEulerDiscreteScheduler),
+    "scheduler": ComponentSpec("dev", "scheduler", FlowMatchEulerDiscreteScheduler, module=False),
     "vae": ComponentSpec("dev", "vae", AutoencoderKL),
     "text_encoder": ComponentSpec("dev", "text_encoder", CLIPTextModel),
-    "tokenizer": ComponentSpec("dev", "tokenizer", CLIPTokenizer),
+    "tokenizer": ComponentSpec("dev", "tokenizer", CLIPTokenizer, module=False),
     "text_encoder_2": ComponentSpec("dev", "text_encoder_2", T5EncoderModel),
-    "tokenizer_2": ComponentSpec("dev", "tokenizer_2", T5TokenizerFast),
+    "tokenizer_2": ComponentSpec("dev", "tokenizer_2", T5TokenizerFast, module=False),
     "transformer": ComponentSpec("dev", "transformer", FluxTransformer2DModel),
     # Kontext shares dev's text encoders, tokenizers, VAE and scheduler; only its
     # transformer differs.
     "kontext_transformer": ComponentSpec("kontext", "transformer", FluxTransformer2DModel),
     "image_encoder": ComponentSpec("redux", "image_encoder", SiglipVisionModel),
-    "feature_extractor": ComponentSpec("redux", "feature_extractor", SiglipImageProcessor),
+    "feature_extractor": ComponentSpec("redux", "feature_extractor", SiglipImageProcessor, module=False),
     "image_embedder": ComponentSpec("redux", "image_embedder", ReduxImageEncoder),
+    # FLUX.1-Fill-dev's transformer, when configured; everything else is dev's.
+    "fill_transformer": ComponentSpec("fill", "transformer", FluxTransformer2DModel),
+    # Structural control: BFL's LoRAs, kept as CPU tensors, and the depth estimator.
+    "canny_lora": ComponentSpec("canny_lora", None, LoraTensors, module=False),
+    "depth_lora": ComponentSpec("depth_lora", None, LoraTensors, module=False),
+    "depth_estimator": ComponentSpec("depth", None, AutoModelForDepthEstimation),
+    "depth_processor": ComponentSpec("depth", None, AutoImageProcessor, module=False),
 }
 
 _TEXT = {
@@ -81,15 +96,24 @@ PIPELINES: dict[str, tuple[type, dict[str, str]]] = {
         {"image_encoder": "image_encoder", "feature_extractor": "feature_extractor",
          "image_embedder": "image_embedder", **_TEXT},
     ),
+    "inpaint": (FluxInpaintPipeline, _DEV),
+    "fill": (FluxFillPipeline, {**_DEV, "transformer": "fill_transformer"}),
+    "control": (FluxControlPipeline, _DEV),
 }
 # The pipelines each playground mode runs. Redux feeds its prior's embeddings to the
-# text-to-image pipeline on the dev transformer.
+# text-to-image pipeline on the dev transformer. Inpaint and outpaint run "fill" instead of
+# "inpaint" when FLUX.1-Fill-dev is configured.
 MODE_PIPELINES: dict[str, tuple[str, ...]] = {
     "text_to_image": ("text_to_image",),
     "image_to_image": ("image_to_image",),
     "kontext_edit": ("kontext_edit",),
     "redux_variation": ("redux_prior", "text_to_image"),
+    "inpaint": ("inpaint",),
+    "outpaint": ("inpaint",),
+    "control": ("control",),
 }
+# What a control request needs beside its pipeline.
+CONTROL_COMPONENTS = {"canny": ("canny_lora",), "depth": ("depth_lora", "depth_estimator", "depth_processor")}
 
 
 @dataclass
@@ -135,6 +159,9 @@ class PipelineManager:
     _current_mode: str | None = None
     _mode_switches: int = 0
     _mode_runs: dict[str, int] = field(default_factory=dict)
+    max_loras: int = 8
+    _loras: dict[str, UserLora] = field(default_factory=dict)
+    _adapters: AdapterState = field(default_factory=AdapterState)
 
     def component(self, name: str) -> Any:
         """The loaded component, loading it on first use."""
@@ -146,17 +173,20 @@ class PipelineManager:
         spec = COMPONENTS[name]
         source = getattr(self.sources, spec.source)
         started = time.perf_counter()
-        kwargs: dict[str, Any] = {"subfolder": spec.subfolder, "local_files_only": self.local_files_only}
+        if not source:
+            raise RuntimeError(f"{name} needs a {spec.source} model, and none is configured")
+        kwargs: dict[str, Any] = {"local_files_only": self.local_files_only}
+        if spec.subfolder:
+            kwargs["subfolder"] = spec.subfolder
         if self.token:
             kwargs["token"] = self.token
-        is_module = issubclass(spec.loader, torch.nn.Module)
-        if is_module:
+        if spec.module:
             kwargs["dtype"] = self.placement.dtype
         loaded = spec.loader.from_pretrained(source, **kwargs)
-        if is_module:
+        if spec.module:
             loaded = loaded.to(self.placement.device).eval().requires_grad_(False)
         record = self._records.setdefault(
-            name, ComponentRecord(name, source, spec.subfolder, type(loaded).__name__)
+            name, ComponentRecord(name, source, spec.subfolder or "", type(loaded).__name__)
         )
         record.load_count += 1
         record.load_seconds += time.perf_counter() - started
@@ -171,24 +201,96 @@ class PipelineManager:
             self._pipelines[name].set_progress_bar_config(disable=True)
         return self._pipelines[name]
 
-    def missing_components(self, mode: str) -> list[str]:
+    def mode_pipelines(self, mode: str) -> tuple[str, ...]:
+        """The pipelines a mode runs with the models configured."""
+        if mode in ("inpaint", "outpaint") and self.sources.fill:
+            return ("fill",)
+        return MODE_PIPELINES[mode]
+
+    def missing_components(self, mode: str, control_type: str | None = None) -> list[str]:
         """Components the mode still has to load (its first request pays for them)."""
-        needed = {c for name in MODE_PIPELINES[mode] for c in PIPELINES[name][1].values()}
+        needed = {c for name in self.mode_pipelines(mode) for c in PIPELINES[name][1].values()}
+        needed.update(CONTROL_COMPONENTS.get(control_type, ()) if mode == "control" else ())
         return sorted(needed - set(self._components))
 
-    def enter_mode(self, mode: str) -> tuple[Any, ...]:
-        """The pipelines a mode runs, counting switches between modes. Call with `lock` held."""
+    def enter_mode(self, mode: str, control_type: str | None = None,
+                   loras: tuple[tuple[str, float], ...] = ()) -> tuple[Any, ...]:
+        """The pipelines a mode runs, with the dev transformer's adapters set for the request:
+        the control LoRA of `control_type` in control mode, and the given user LoRAs at
+        their weights. Counts switches between modes. Call with `lock` held."""
         if self._current_mode not in (None, mode):
             self._mode_switches += 1
         self._current_mode = mode
         self._mode_runs[mode] = self._mode_runs.get(mode, 0) + 1
-        return tuple(self.pipeline(name) for name in MODE_PIPELINES[mode])
+        pipes = tuple(self.pipeline(name) for name in self.mode_pipelines(mode))
+        if pipes[-1].transformer is self._components.get("transformer"):
+            self._set_adapters(pipes[-1], control_type if mode == "control" else None, loras)
+        return pipes
+
+    def _set_adapters(self, pipe, control: str | None, loras: tuple[tuple[str, float], ...]) -> None:
+        state = self._adapters
+        if state.control != control:  # only a full restore takes a control LoRA off
+            started = time.perf_counter()
+            adapters.restore_base(pipe, state)
+            if control is not None:
+                adapters.apply_control(pipe, state, control, self.component(f"{control}_lora"))
+            for lora in self._loras.values():
+                adapters.apply_user_lora(pipe, state, lora)
+            state.rebuilds += 1
+            state.rebuild_seconds += time.perf_counter() - started
+        adapters.activate(pipe, state, loras)
+
+    # --- users' LoRAs ---------------------------------------------------------------------------
+
+    def lora_names(self) -> frozenset[str]:
+        return frozenset(self._loras)
+
+    def load_lora(self, source: str, name: str | None = None, weight_name: str | None = None) -> UserLora:
+        """Load a LoRA (a file, a folder or a hub repository) onto the dev transformer as
+        adapter `name`. It stays inactive until a request names it."""
+        name = adapters.clean_name(name) if name else adapters.lora_name(weight_name or source)
+        if not name:
+            raise LoraError("name", "name must contain letters, digits, - or _")
+        with self.lock:
+            if name in self._loras:
+                raise LoraError("name", f"a LoRA named {name!r} is loaded already; unload it or choose another name")
+            if len(self._loras) >= self.max_loras:
+                raise LoraError("source", f"{self.max_loras} LoRAs are loaded, the most this server keeps; "
+                                          "unload one first")
+            started = time.perf_counter()
+            file = adapters.resolve_lora_file(source, weight_name, self.local_files_only, self.token)
+            pipe = self.pipeline("text_to_image")
+            lora = UserLora(name, source, file, adapters.lora_rank(file), file.stat().st_size, 0.0)
+            try:
+                adapters.apply_user_lora(pipe, self._adapters, lora)
+            except Exception:
+                self._drop_adapter(pipe, name)
+                raise
+            lora.load_seconds = time.perf_counter() - started
+            self._loras[name] = lora
+            return lora
+
+    def unload_lora(self, name: str) -> None:
+        with self.lock:
+            if name not in self._loras:
+                raise LoraError("name", f"no LoRA named {name!r} is loaded (loaded: {', '.join(self._loras) or 'none'})")
+            del self._loras[name]
+            self._drop_adapter(self.pipeline("text_to_image"), name)
+
+    def _drop_adapter(self, pipe, name: str) -> None:
+        state = self._adapters
+        if name in pipe.get_list_adapters().get("transformer", []):
+            pipe.delete_adapters(name)
+        if name in state.loras:
+            state.loras.remove(name)
+        if not state.loras and state.control is None:
+            pipe.unload_lora_weights()  # no adapters left: take the PEFT layers off too
 
     def preload(self, modes: tuple[str, ...] = ("text_to_image",)) -> None:
         """Load what the given modes need now rather than on their first request."""
         with self.lock:
             for mode in modes:
-                for name in MODE_PIPELINES[mode]:
+                for name in self.mode_pipelines(mode):
                     self.pipeline(name)
 
     def status(self) -> dict[str, Any]:
@@ -197,7 +299,7 @@ class PipelineManager:
         # Snapshots: a request may be loading a component in another thread meanwhile.
         loaded_components = dict(self._components)
         built_pipelines = dict(self._pipelines)
-        modules = {n: c for n, c in loaded_components.items() if isinstance(c, torch.nn.Module)}
+        modules = {n: c for n, c in loaded_components.items() if COMPONENTS[n].module}
         by_identity = {id(c): n for n, c in loaded_components.items()}
         components = {}
         for name, loaded in loaded_components.items():
@@ -228,6 +330,10 @@ class PipelineManager:
         return {
             "demo": self.sources.demo,
             "models": {mode: self.sources.label_for(mode) for mode in MODE_PIPELINES},
+            "loras": {name: lora.status() for name, lora in dict(self._loras).items()},
+            "adapters": {"control": self._adapters.control, "applied": list(self._adapters.loras),
+                         "rebuilds": self._adapters.rebuilds,
+                         "rebuild_seconds": round(self._adapters.rebuild_seconds, 3)},
             "device": str(self.placement.device),
             "dtype": str(self.placement.dtype).removeprefix("torch."),
             "components": components,

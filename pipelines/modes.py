@@ -1,21 +1,28 @@
-"""The four modes: each turns a validated request into images with the manager's pipelines.
+"""The modes: each turns a validated request into images with the manager's pipelines.
 
 The manager owns the models; these functions own what a request means to diffusers. They
 add nothing to the math: each is one plain diffusers call with the request's values, so
-their output equals a diffusers pipeline built from the same weights.
+their output equals a diffusers pipeline built from the same weights. Two steps sit around
+that call: control requests get their control map first (`prepare`), and inpainting keeps
+the input's own pixels outside the mask after (`finish`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from PIL import Image
 
+from pipelines.control_maps import canny_map, depth_map
 from pipelines.manager import PipelineManager
+from pipelines.masks import keep_unmasked
 from pipelines.requests import (
+    ControlRequest,
     GenerationRequest,
     ImageToImageRequest,
+    InpaintRequest,
     KontextEditRequest,
     ReduxVariationRequest,
     TextToImageRequest,
@@ -91,6 +98,16 @@ def redux_variation_arguments(request: ReduxVariationRequest, conditioners=()) -
     }
 
 
+def inpaint_arguments(request: InpaintRequest, conditioners=()) -> dict:
+    """FluxInpaintPipeline's and FluxFillPipeline's arguments (they take the same ones)."""
+    return {**_prompted_arguments(request), "image": request.image, "mask_image": request.mask,
+            "strength": request.strength}
+
+
+def control_arguments(request: ControlRequest, conditioners=()) -> dict:
+    return {**_prompted_arguments(request), "control_image": request.control_image}
+
+
 # Each mode's diffusers call arguments, given the request and the pipelines that run before
 # the generating one (Redux's prior).
 ARGUMENTS = {
@@ -98,7 +115,38 @@ ARGUMENTS = {
     "image_to_image": image_to_image_arguments,
     "kontext_edit": kontext_edit_arguments,
     "redux_variation": redux_variation_arguments,
+    "inpaint": inpaint_arguments,
+    "outpaint": inpaint_arguments,
+    "control": control_arguments,
 }
+
+
+def control_image_for(manager: PipelineManager, request: ControlRequest) -> Image.Image:
+    """The request's control map at the output size: the edge or depth map of its image, or
+    the image itself when it already is a map."""
+    size = (request.width, request.height)
+    if not request.preprocess:
+        return request.image.resize(size, Image.Resampling.LANCZOS)
+    if request.control_type == "canny":
+        resized = request.image.resize(size, Image.Resampling.LANCZOS)
+        return canny_map(resized, request.canny_low_threshold, request.canny_high_threshold)
+    estimator, processor = manager.component("depth_estimator"), manager.component("depth_processor")
+    return depth_map(request.image, estimator, processor, size)
+
+
+def prepare(manager: PipelineManager, request: GenerationRequest) -> GenerationRequest:
+    """The request with what it needs computed before generation (a control request's map).
+    Call with the manager's lock held: the depth estimator runs on the accelerator."""
+    if isinstance(request, ControlRequest) and request.control_image is None:
+        return replace(request, control_image=control_image_for(manager, request))
+    return request
+
+
+def finish(request: GenerationRequest, image: Image.Image) -> Image.Image:
+    """A generated image as the mode returns it: inpainting keeps the input outside the mask."""
+    if isinstance(request, InpaintRequest):
+        return keep_unmasked(request.image, image, request.mask, request.mask_blur)
+    return image
 
 
 @torch.inference_mode()
@@ -111,13 +159,15 @@ def generate(
     is bit-identical to a one-image request with seed + i.
     """
     with manager.lock:
-        *conditioners, pipe = manager.enter_mode(request.mode)
+        request = prepare(manager, request)
+        *conditioners, pipe = manager.enter_mode(request.mode, getattr(request, "control_type", None),
+                                                 request.loras)
         arguments = ARGUMENTS[request.mode](request, conditioners)
         return [
-            pipe(
+            finish(request, pipe(
                 **arguments,
                 generator=seeded_generator(seed),
                 callback_on_step_end=_step_callback(on_step, index),
-            ).images[0]
+            ).images[0])
             for index, seed in enumerate(request.seeds())
         ]

@@ -20,12 +20,16 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipelines.images import MIME_TYPES
+from pipelines.adapters import LoraError
+from pipelines.fetch import FetchPolicy, InputError
+from pipelines.fields import format_loras
+from pipelines.images import MIME_TYPES, encode_image
+from pipelines.lora_sources import LoraSourcePolicy, resolve_source
 from pipelines.manager import PipelineManager
 from pipelines.metadata import encode_with_parameters, image_info
-from pipelines.modes import StepCallback, generate
+from pipelines.modes import StepCallback, generate, prepare
 from pipelines.prompts import truncation_warnings
-from pipelines.requests import GenerationRequest
+from pipelines.requests import GenerationRequest, ServerOffer
 from pipelines.results import ResultStore
 from pipelines.safety import SafetyChecker, blank_like
 
@@ -101,6 +105,7 @@ class GenerationResult:
     queued_ms: int
     executed_ms: int
     info: dict[str, Any] = field(default_factory=dict)
+    control_image: StoredImage | None = None  # a control request's edge or depth map
 
     @property
     def has_nsfw_concepts(self) -> list[bool]:
@@ -114,7 +119,9 @@ def request_info(request: GenerationRequest) -> dict[str, Any]:
         value = getattr(request, item.name)
         if item.name == "image":
             info["input_image_size"] = list(value.size)
-        else:
+        elif item.name == "loras":
+            info["loras"] = format_loras(value)
+        elif not isinstance(value, Image.Image) and value is not None:  # masks and maps are not parameters
             info[item.name] = value
     info["seeds"] = request.seeds()
     return info
@@ -124,8 +131,10 @@ class Playground:
     """The service: one pipeline manager, one result store, optionally a safety checker."""
 
     def __init__(self, manager: PipelineManager, store: ResultStore, demo_reason: str | None = None,
-                 safety: SafetyChecker | None = None, max_waiting: int = 16, time_limit_seconds: float = 0):
+                 safety: SafetyChecker | None = None, max_waiting: int = 16, time_limit_seconds: float = 0,
+                 lora_sources: LoraSourcePolicy | None = None):
         self.manager = manager
+        self.lora_sources = lora_sources or LoraSourcePolicy((Path("loras"),), FetchPolicy())
         self.store = store
         self.demo_reason = demo_reason
         self.safety = safety
@@ -147,6 +156,31 @@ class Playground:
             state["safety_checker"] = self.safety.status()
         return state
 
+    def offer(self) -> ServerOffer:
+        """What requests may use now: the Fill model, the loaded LoRAs."""
+        return ServerOffer(fill=bool(self.manager.sources.fill), loras=self.manager.lora_names())
+
+    def load_lora(self, source: str, name: str | None = None) -> dict[str, Any]:
+        """Load a user's LoRA (hub id, URL or a file in the LoRA folders) onto the dev
+        transformer; raises InputError naming the field when it cannot."""
+        resolved = resolve_source(source, self.lora_sources)
+        try:
+            lora = self.manager.load_lora(resolved, name or None)
+        except LoraError as error:
+            raise InputError(error.field, f"{error.field}: {error}") from None
+        except (ValueError, OSError, RuntimeError) as error:  # not a LoRA, not for FLUX, not found…
+            log.warning("LoRA %s could not be loaded: %s", source, error)
+            raise InputError("source", f"source: {source} could not be loaded as a FLUX LoRA "
+                                       f"({type(error).__name__}: {error})") from None
+        lora.source = source
+        return {"name": lora.name, **lora.status()}
+
+    def unload_lora(self, name: str) -> None:
+        try:
+            self.manager.unload_lora(name)
+        except LoraError as error:
+            raise InputError(error.field, f"{error.field}: {error}") from None
+
     def execute(
         self,
         request: GenerationRequest,
@@ -158,8 +192,8 @@ class Playground:
         received_at = time.monotonic() if received_at is None else received_at
         request_id = uuid.uuid4().hex[:12]
         with self._admitted():
-            images, flags, warnings, started, finished = self._generate(request, request_id, on_step, cancel)
-        model = self.manager.sources.label_for(request.mode)
+            request, images, flags, warnings, started, finished = self._generate(request, request_id, on_step, cancel)
+        model = self.manager.sources.label_for(request.mode, getattr(request, "control_type", None))
         queued_ms, executed_ms = round((started - received_at) * 1000), round((finished - started) * 1000)
         info = {
             **request_info(request), "model": model, "request_id": request_id, "has_nsfw_concepts": flags,
@@ -169,8 +203,10 @@ class Playground:
             self._store(image, request, image_info(info, seed), flagged)
             for image, seed, flagged in zip(images, request.seeds(), flags, strict=True)
         ]
+        control = getattr(request, "control_image", None)
         return GenerationResult(request=request, request_id=request_id, model=model, images=stored,
-                                queued_ms=queued_ms, executed_ms=executed_ms, info=info)
+                                queued_ms=queued_ms, executed_ms=executed_ms, info=info,
+                                control_image=self._store_map(control) if control is not None else None)
 
     @contextmanager
     def _admitted(self):
@@ -211,6 +247,7 @@ class Playground:
             started = time.monotonic()
             try:
                 warnings = list(request.warnings) + self._prompt_warnings(request)
+                request = prepare(self.manager, request)
                 images = generate(self.manager, request, self._step_guard(started, on_step, cancel))
                 flags = self._safety_flags(request, images)
             except GenerationError:
@@ -228,7 +265,7 @@ class Playground:
                 raise GenerationError(
                     f"Generation failed ({type(error).__name__}: {error}). Request id {request_id}."
                 ) from None
-            return images, flags, warnings, started, time.monotonic()
+            return request, images, flags, warnings, started, time.monotonic()
 
     def _safety_flags(self, request: GenerationRequest, images: list[Image.Image]) -> list[bool]:
         if self.safety is None or not request.enable_safety_checker:
@@ -258,3 +295,9 @@ class Playground:
             result_id=result_id, file=self.store.folder / result_id, seed=info["seed"], width=image.width,
             height=image.height, content_type=MIME_TYPES[request.output_format], has_nsfw_concepts=flagged,
         )
+
+    def _store_map(self, image: Image.Image) -> StoredImage:
+        """A control map, stored beside the results (not in the history: it is an input)."""
+        result_id = self.store.save(encode_image(image, "png", 100), "png")
+        return StoredImage(result_id=result_id, file=self.store.folder / result_id, seed=-1, width=image.width,
+                           height=image.height, content_type=MIME_TYPES["png"], has_nsfw_concepts=False)

@@ -18,6 +18,13 @@ DEFAULT_SOURCES = {
     "redux": "black-forest-labs/FLUX.1-Redux-dev",
     # The NSFW classifier BFL's reference code runs on outputs.
     "safety": "Falconsai/nsfw_image_detection",
+    # Structural control: BFL's control LoRAs for the dev transformer, and the depth
+    # estimator that makes depth maps (Apache-2.0, unlike the larger Depth Anything models).
+    "canny_lora": "black-forest-labs/FLUX.1-Canny-dev-lora",
+    "depth_lora": "black-forest-labs/FLUX.1-Depth-dev-lora",
+    "depth": "depth-anything/Depth-Anything-V2-Small-hf",
+    # FLUX.1-Fill-dev is another 12B transformer: used for inpainting only when configured.
+    "fill": "",
 }
 # Each source can be overridden by this environment variable (and by a flag of app.py).
 SOURCE_ENV_VARS = {
@@ -25,6 +32,10 @@ SOURCE_ENV_VARS = {
     "kontext": "FLUX_KONTEXT_MODEL",
     "redux": "FLUX_REDUX_MODEL",
     "safety": "FLUX_SAFETY_MODEL",
+    "canny_lora": "FLUX_CANNY_LORA",
+    "depth_lora": "FLUX_DEPTH_LORA",
+    "depth": "FLUX_DEPTH_MODEL",
+    "fill": "FLUX_FILL_MODEL",
 }
 # The repositories each playground mode draws on.
 MODE_MODELS = {
@@ -32,18 +43,27 @@ MODE_MODELS = {
     "image_to_image": ("dev",),
     "kontext_edit": ("kontext",),
     "redux_variation": ("redux", "dev"),
+    "inpaint": ("dev",),
+    "outpaint": ("dev",),
+    "control": ("dev",),
 }
+# The control LoRA each control type adds to the dev transformer.
+CONTROL_MODELS = {"canny": "canny_lora", "depth": "depth_lora"}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
 class ModelSources:
-    """The three model repositories (hub ids or local folders) and how to name them to users."""
+    """The model repositories (hub ids, local folders or files) and how to name them to users."""
 
     dev: str = DEFAULT_SOURCES["dev"]
     kontext: str = DEFAULT_SOURCES["kontext"]
     redux: str = DEFAULT_SOURCES["redux"]
     safety: str = DEFAULT_SOURCES["safety"]
+    canny_lora: str = DEFAULT_SOURCES["canny_lora"]
+    depth_lora: str = DEFAULT_SOURCES["depth_lora"]
+    depth: str = DEFAULT_SOURCES["depth"]
+    fill: str = DEFAULT_SOURCES["fill"]  # "": not configured
     demo: bool = False
 
     @classmethod
@@ -58,13 +78,19 @@ class ModelSources:
         source = getattr(self, key)
         return source.rstrip("/").split("/")[-1] if os.path.isdir(source) else source
 
-    def label_for(self, mode: str) -> str:
+    def label_for(self, mode: str, control_type: str | None = None) -> str:
         """The models behind a mode, as shown with every result; demo weights say so."""
-        label = " + ".join(self.model_name(key) for key in MODE_MODELS[mode])
+        keys = MODE_MODELS[mode]
+        if mode in ("inpaint", "outpaint") and self.fill:
+            keys = ("fill",)
+        if mode == "control" and control_type in CONTROL_MODELS:
+            keys = keys + (CONTROL_MODELS[control_type],)
+        label = " + ".join(self.model_name(key) for key in keys)
         return f"{label} (demo: tiny random weights)" if self.demo else label
 
     def as_demo(self, folders: Mapping[str, os.PathLike]) -> ModelSources:
-        return replace(self, demo=True, **{key: str(path) for key, path in folders.items()})
+        """These sources with the demo family's folders for every model it has a folder for."""
+        return replace(self, demo=True, **{key: str(path) for key, path in folders.items() if key in DEFAULT_SOURCES})
 
 
 @dataclass(frozen=True)

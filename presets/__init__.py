@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -16,7 +16,7 @@ PARAMETERS_FILE = Path(__file__).with_name("parameters.toml")
 EXAMPLES_FILE = Path(__file__).with_name("examples.toml")
 EXAMPLES_DIR = Path(__file__).with_name("examples")
 
-MODES = ("text_to_image", "image_to_image", "kontext_edit", "redux_variation")
+MODES = ("text_to_image", "image_to_image", "kontext_edit", "redux_variation", "inpaint", "outpaint", "control")
 MATCH_INPUT = "match_input"
 CUSTOM = "custom"
 
@@ -51,11 +51,31 @@ class Flag:
 
 
 @dataclass(frozen=True)
+class Choice:
+    name: str
+    label: str
+    values: tuple[str, ...]
+    default: str
+
+
+@dataclass(frozen=True)
 class ModeDefaults:
+    """A mode's title, default size choice, and its overrides of fields' defaults and ranges;
+    a variant (the model or control type a request runs with) overrides defaults again."""
+
     name: str
     title: str
-    guidance_scale: float
     image_size: str
+    defaults: Mapping[str, float]
+    ranges: Mapping[str, tuple[float, float]]
+    variants: Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class LoraLimits:
+    max_per_request: int
+    min_weight: float
+    max_weight: float
 
 
 @dataclass(frozen=True)
@@ -66,8 +86,10 @@ class Presets:
     size_multiple: int
     fields: Mapping[str, NumericField]
     flags: Mapping[str, Flag]
+    choices: Mapping[str, Choice]
     output_formats: tuple[str, ...]
     default_output_format: str
+    loras: LoraLimits
     max_prompt_chars: int
     modes: Mapping[str, ModeDefaults]
     input_min_side: int
@@ -75,13 +97,22 @@ class Presets:
     preview_every_steps: int
     preview_max_side: int
 
-    def field(self, name: str) -> NumericField:
-        return self.fields[name]
+    def field(self, name: str, mode: str | None = None) -> NumericField:
+        """A field, with the mode's range where the mode overrides it."""
+        spec = self.fields[name]
+        if mode is not None and name in self.modes[mode].ranges:
+            low, high = self.modes[mode].ranges[name]
+            spec = replace(spec, min=low, max=high)
+        return spec
 
-    def default(self, name: str, mode: str | None = None) -> float:
-        """A field's default, with the mode's override where it has one."""
-        if mode is not None and name == "guidance_scale":
-            return self.modes[mode].guidance_scale
+    def default(self, name: str, mode: str | None = None, variant: str | None = None) -> float:
+        """A field's default: the variant's, else the mode's, else the field's own."""
+        if mode is None:
+            return self.fields[name].default
+        overrides = self.modes[mode]
+        for layer in (overrides.variants.get(variant or "", {}), overrides.defaults):
+            if name in layer:
+                return layer[name]
         return self.fields[name].default
 
     def size_choices(self, mode: str) -> tuple[str, ...]:
@@ -96,11 +127,18 @@ def load_presets(path: Path = PARAMETERS_FILE) -> Presets:
         name: NumericField(name=name, **spec) for name, spec in data["fields"].items()
     }
     modes = {
-        name: ModeDefaults(name=name, **spec) for name, spec in data["modes"].items()
+        name: ModeDefaults(
+            name=name, title=spec["title"], image_size=spec["image_size"],
+            defaults=MappingProxyType(spec.get("defaults", {})),
+            ranges=MappingProxyType({field: tuple(bounds) for field, bounds in spec.get("ranges", {}).items()}),
+            variants=MappingProxyType({key: MappingProxyType(values) for key, values in spec.get("variants", {}).items()}),
+        )
+        for name, spec in data["modes"].items()
     }
     if tuple(modes) != MODES:
         raise ValueError(f"{path}: [modes] must list exactly {MODES}")
-    formats = data["choices"]["output_format"]
+    choices = {name: Choice(name=name, label=spec["label"], values=tuple(spec["values"]), default=spec["default"])
+               for name, spec in data["choices"].items()}
     return Presets(
         image_sizes=MappingProxyType({k: tuple(v) for k, v in data["image_sizes"].items()}),
         size_min=data["custom_size"]["min"],
@@ -108,8 +146,10 @@ def load_presets(path: Path = PARAMETERS_FILE) -> Presets:
         size_multiple=data["custom_size"]["multiple_of"],
         fields=MappingProxyType(fields),
         flags=MappingProxyType({name: Flag(name=name, **spec) for name, spec in data["flags"].items()}),
-        output_formats=tuple(formats["values"]),
-        default_output_format=formats["default"],
+        choices=MappingProxyType(choices),
+        output_formats=choices["output_format"].values,
+        default_output_format=choices["output_format"].default,
+        loras=LoraLimits(**data["loras"]),
         max_prompt_chars=data["text"]["max_chars"],
         modes=MappingProxyType(modes),
         input_min_side=data["input_image"]["min_side"],

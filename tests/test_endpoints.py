@@ -101,11 +101,16 @@ def test_match_input_follows_the_input_image(client, api_name, image, expected):
 
 def test_api_page_lists_every_endpoint_with_snake_case_parameters(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert set(api) == {"/text_to_image", "/image_to_image", "/kontext_edit", "/redux_variation", "/status"}
+    assert set(api) == {"/text_to_image", "/image_to_image", "/kontext_edit", "/redux_variation", "/inpaint",
+                        "/outpaint", "/control", "/load_lora", "/unload_lora", "/status"}
     names = [p["parameter_name"] for p in api["/text_to_image"]["parameters"]]
     assert names == ["prompt", "negative_prompt", "true_cfg_scale", "image_size", "width", "height",
                      "num_inference_steps", "guidance_scale", "seed", "num_images", "output_format",
-                     "output_quality", "enable_safety_checker", "live_preview"]
+                     "output_quality", "enable_safety_checker", "live_preview", "loras"]
+    kontext = [p["parameter_name"] for p in api["/kontext_edit"]["parameters"]]
+    assert "loras" not in kontext  # Kontext has its own transformer; dev LoRAs do not apply
+    outpaint = [p["parameter_name"] for p in api["/outpaint"]["parameters"]]
+    assert "image_size" not in outpaint and "expand_left" in outpaint  # its size is the canvas
     required = {p["parameter_name"] for p in api["/redux_variation"]["parameters"] if not p["parameter_has_default"]}
     assert required == {"image"}
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/kontext_edit"]["parameters"]}

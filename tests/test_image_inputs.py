@@ -30,10 +30,10 @@ def test_loopback_is_refused_by_default(image_server):
 
 def test_every_redirect_hop_is_checked(image_server, monkeypatch):
     # Treat the loopback test server as public, so that only its redirect target is private.
-    import rest.inputs
+    import pipelines.fetch
 
-    real = rest.inputs.is_public_address
-    monkeypatch.setattr(rest.inputs, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
+    real = pipelines.fetch.is_public_address
+    monkeypatch.setattr(pipelines.fetch, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
     assert load_image_input(f"{image_server}/redirect-to//bluebird.jpg", "image_url", FetchPolicy()).size == (640, 640)
     with pytest.raises(InputError, match="169.254.169.254, a private, loopback or link-local address"):
         load_image_input(f"{image_server}/redirect-to/http://169.254.169.254/latest", "image_url", FetchPolicy())

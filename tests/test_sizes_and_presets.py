@@ -40,7 +40,7 @@ def test_presets_sizes_are_valid_custom_sizes():
 
 def test_defaults_come_from_presets():
     request = parse_request("kontext_edit", {"prompt": "x", "image": "presets/examples/bluebird.jpg"})
-    assert request.guidance_scale == PRESETS.modes["kontext_edit"].guidance_scale == 2.5
+    assert request.guidance_scale == PRESETS.modes["kontext_edit"].defaults["guidance_scale"] == 2.5
     assert request.num_inference_steps == 28 and request.seed == -1 and request.output_format == "png"
     assert (request.width, request.height) == (1024, 1024)
     request = parse_request("text_to_image", {"prompt": "x"})
@@ -51,3 +51,14 @@ def test_defaults_come_from_presets():
 def test_non_numbers_are_refused(value):
     with pytest.raises(RequestError, match="num_inference_steps must be an integer from 1 to 50"):
         parse_request("text_to_image", {"prompt": "x", "num_inference_steps": value})
+
+
+def test_variants_bring_their_own_defaults_and_modes_their_own_ranges():
+    image = "presets/examples/bluebird.jpg"
+    depth = parse_request("control", {"prompt": "x", "image": image, "control_type": "depth"})
+    canny = parse_request("control", {"prompt": "x", "image": image})
+    assert (depth.guidance_scale, depth.num_inference_steps) == (10.0, 30)
+    assert (canny.guidance_scale, canny.num_inference_steps) == (30.0, 50)
+    assert PRESETS.field("guidance_scale", "control").max == 50 > PRESETS.field("guidance_scale").max
+    with pytest.raises(RequestError, match="guidance_scale must be a number from 0 to 20"):
+        parse_request("text_to_image", {"prompt": "x", "guidance_scale": 30})

@@ -1,0 +1,158 @@
+"""LoRA adapters on the resident dev transformer: BFL's control LoRAs and users' LoRAs.
+
+Adapters are applied to the shared transformer in place (PEFT layers), never by reloading it.
+The control LoRAs also widen its input projection (64 -> 128 channels, for the control
+latents) and overwrite some norms; diffusers' `unload_lora_weights(reset_to_overwritten_params=
+True)` restores both exactly, and is the only way back. So a change of control state unloads
+every adapter, restores the base transformer, and applies again what the next request needs:
+the control LoRA (from tensors kept on the CPU) first, then the users' LoRAs (from their files).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+# PEFT keeps adapters in module dicts: names may not contain dots.
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+CONTROL_ADAPTER = "control_{}"
+
+
+class LoraError(ValueError):
+    """A LoRA request that cannot be met; `field` is the parameter at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def lora_name(source: str) -> str:
+    """A default adapter name from a source: the file's or repository's name."""
+    stem = Path(source.rstrip("/")).name
+    for suffix in (".safetensors", ".bin"):
+        stem = stem.removesuffix(suffix)
+    return clean_name(stem) or "lora"
+
+
+def clean_name(name: str) -> str:
+    return _NOT_IN_NAME.sub("_", name.strip()).strip("_")[:64]
+
+
+def single_safetensors(folder: Path, weight_name: str | None = None) -> Path:
+    """The LoRA file in a folder: `weight_name`, or its only .safetensors file."""
+    if weight_name:
+        return folder / weight_name
+    files = sorted(p for p in folder.rglob("*.safetensors") if p.is_file())
+    if len(files) != 1:
+        found = ", ".join(p.name for p in files) or "none"
+        raise ValueError(f"{folder} holds {len(files)} .safetensors files ({found}); name the one to load")
+    return files[0]
+
+
+def resolve_lora_file(source: str, weight_name: str | None = None, local_files_only: bool = False,
+                      token: str | None = None) -> Path:
+    """The local file of a LoRA given as a file, a folder, a hub repository ("user/repo") or a
+    file in one ("user/repo/file.safetensors"); hub files are downloaded to the hub cache."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return single_safetensors(path, weight_name)
+    parts = source.strip("/").split("/")
+    if len(parts) < 2 or source.startswith((".", "/")):
+        raise ValueError(f"{source!r} is not a file, a folder or a hub repository (user/repo)")
+    from huggingface_hub import hf_hub_download, list_repo_files
+
+    repo = "/".join(parts[:2])
+    weight_name = weight_name or "/".join(parts[2:]) or None
+    if weight_name is None:
+        files = [f for f in list_repo_files(repo, token=token) if f.endswith(".safetensors")]
+        if len(files) != 1:
+            raise ValueError(f"{repo} holds {len(files)} .safetensors files ({', '.join(files) or 'none'}); "
+                             "name the one to load as user/repo/file.safetensors")
+        weight_name = files[0]
+    return Path(hf_hub_download(repo, weight_name, token=token, local_files_only=local_files_only))
+
+
+def lora_rank(file: Path) -> int | None:
+    """The largest rank among the file's LoRA down-projections (None if it has none)."""
+    ranks = []
+    with safe_open(str(file), framework="pt") as tensors:
+        for key in tensors.keys():
+            if key.endswith(("lora_A.weight", "lora_down.weight")):
+                ranks.append(tensors.get_slice(key).get_shape()[0])
+    return max(ranks, default=None)
+
+
+class LoraTensors(dict):
+    """A LoRA file's tensors as stored, kept on the CPU so that applying the LoRA again (after
+    the base transformer was restored) reads no file. Used for BFL's control LoRAs, whose
+    files carry no alpha metadata to lose."""
+
+    @classmethod
+    def from_pretrained(cls, source: str, subfolder: str | None = None, local_files_only: bool = False,
+                        token: str | None = None, **_: Any) -> LoraTensors:
+        return cls(load_file(resolve_lora_file(source, None, local_files_only, token)))
+
+
+@dataclass
+class UserLora:
+    """A user's LoRA: applied to the transformer from its file whenever the adapters are rebuilt."""
+
+    name: str
+    source: str
+    file: Path
+    rank: int | None
+    file_bytes: int
+    load_seconds: float
+    loaded_at: float = field(default_factory=time.time)
+
+    def status(self) -> dict[str, Any]:
+        return {"source": self.source, "file": self.file.name, "rank": self.rank, "file_bytes": self.file_bytes,
+                "load_seconds": round(self.load_seconds, 3)}
+
+
+@dataclass
+class AdapterState:
+    """What is applied to the dev transformer now."""
+
+    control: str | None = None  # "canny", "depth" or None
+    loras: list[str] = field(default_factory=list)  # user LoRAs present as adapters
+    rebuilds: int = 0  # times the base transformer was restored and adapters applied again
+    rebuild_seconds: float = 0.0
+
+
+def restore_base(pipe, state: AdapterState) -> None:
+    """Remove every adapter and give the transformer back its own input projection and norms."""
+    if state.control is not None or state.loras:
+        pipe.unload_lora_weights(reset_to_overwritten_params=True)
+    state.control, state.loras = None, []
+
+
+def apply_control(pipe, state: AdapterState, control: str, tensors: LoraTensors) -> None:
+    pipe.load_lora_weights(dict(tensors), adapter_name=CONTROL_ADAPTER.format(control))
+    state.control = control
+
+
+def apply_user_lora(pipe, state: AdapterState, lora: UserLora) -> None:
+    pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name, adapter_name=lora.name)
+    state.loras.append(lora.name)
+
+
+def activate(pipe, state: AdapterState, weights: tuple[tuple[str, float], ...]) -> None:
+    """Make exactly the control adapter (weight 1) and the requested LoRAs active; with none
+    of either, turn adapters off, so the transformer computes what the base model does."""
+    names = ([CONTROL_ADAPTER.format(state.control)] if state.control else []) + [name for name, _ in weights]
+    values = ([1.0] if state.control else []) + [weight for _, weight in weights]
+    if not names:
+        if state.loras:
+            pipe.disable_lora()
+        return
+    pipe.enable_lora()
+    pipe.set_adapters(names, adapter_weights=values)

@@ -1,0 +1,122 @@
+"""LoRAs through the app's API: load, apply by name with weights, several at once, unload; the
+base model never reloads and its outputs come back bit for bit."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from conftest import EXAMPLE_LAKE, FAST, call, pixels, result_images
+
+REQUEST = {"prompt": "a lighthouse", **FAST, "seed": 9, "enable_safety_checker": False}
+STYLE, KOHYA = "tiny-style-lora", "tiny-kohya-style.safetensors"
+
+
+def t2i(client, **kwargs):
+    return pixels(result_images(call(client, "/text_to_image", **{**REQUEST, **kwargs}))[0])
+
+
+@pytest.fixture
+def loaded(client):
+    """Loads LoRAs by source for one test and unloads whatever the test left loaded."""
+
+    def load(source, name=None):
+        return client.predict(source=source, name=name, api_name="/load_lora")
+
+    yield load
+    for name in client.predict(api_name="/status")["loras"]:
+        client.predict(name=name, api_name="/unload_lora")
+
+
+def test_a_lora_applies_by_name_and_weight_and_unloads_to_the_exact_base(client, loaded):
+    base = t2i(client)
+    listed = loaded(STYLE)
+    assert list(listed) == ["tiny-style-lora"] and listed["tiny-style-lora"]["rank"] > 0
+    assert np.array_equal(t2i(client), base)  # loaded but not asked for: no effect
+    styled = t2i(client, loras="tiny-style-lora:1")
+    assert np.abs(styled - base).mean() > 1
+    assert np.array_equal(t2i(client, loras="tiny-style-lora:0"), base)
+    half = t2i(client, loras="tiny-style-lora:0.5")
+    assert not np.array_equal(half, styled) and not np.array_equal(half, base)
+    client.predict(name="tiny-style-lora", api_name="/unload_lora")
+    assert np.array_equal(t2i(client), base)
+    status = client.predict(api_name="/status")
+    assert status["loras"] == {} and status["components"]["transformer"]["load_count"] == 1
+
+
+def test_two_loras_at_once_and_in_every_dev_mode(client, loaded):
+    loaded(STYLE)
+    loaded(KOHYA, name="kohya")
+    one = t2i(client, loras="tiny-style-lora:1")
+    both = t2i(client, loras="tiny-style-lora:1, kohya:0.8")
+    assert not np.array_equal(one, both)
+    result = call(client, "/text_to_image", **REQUEST, loras="tiny-style-lora:1, kohya:0.8")
+    assert result[2]["loras"] == "tiny-style-lora:1, kohya:0.8"  # as the field takes it back
+    for api_name, extra in (("/image_to_image", {"image": EXAMPLE_LAKE}), ("/redux_variation", {"image": EXAMPLE_LAKE}),
+                            ("/control", {"image": EXAMPLE_LAKE})):
+        with_lora = call(client, api_name, **{**REQUEST, **extra}, loras="kohya:1")
+        without = call(client, api_name, **{**REQUEST, **extra})
+        assert not np.array_equal(pixels(result_images(with_lora)[0]), pixels(result_images(without)[0])), api_name
+
+
+def test_lora_mistakes_name_the_field(client, loaded):
+    with pytest.raises(Exception, match=r"loras: no LoRA named 'nope' is loaded \(loaded: none yet"):
+        t2i(client, loras="nope:1")
+    loaded(STYLE)
+    with pytest.raises(Exception, match="the weight of 'tiny-style-lora' must be a number from -4 to 4, got 9"):
+        t2i(client, loras="tiny-style-lora:9")
+    with pytest.raises(Exception, match="a LoRA named 'tiny-style-lora' is loaded already"):
+        client.predict(source=STYLE, name=None, api_name="/load_lora")
+    with pytest.raises(Exception, match="source: local LoRAs are loaded only from the LoRA folders"):
+        client.predict(source="/etc/passwd", name="x", api_name="/load_lora")
+    with pytest.raises(Exception, match="source: nobody/no-such-lora could not be loaded as a FLUX LoRA"):
+        client.predict(source="nobody/no-such-lora", name="x", api_name="/load_lora")
+    with pytest.raises(Exception, match="name: no LoRA named 'ghost' is loaded"):
+        client.predict(name="ghost", api_name="/unload_lora")
+    assert np.array_equal(t2i(client), t2i(client))  # and the server still serves
+
+
+@pytest.fixture
+def lora_server(family):
+    """A local HTTP server for LoRA URLs, serving the demo family's LoRA folder."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(family["loras"])))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_lora_urls_follow_the_image_url_rules(client, playground, loaded, lora_server, tmp_path):
+    url = f"{lora_server}/{KOHYA}"
+    with pytest.raises(Exception, match="127.0.0.1, a private, loopback or link-local address"):
+        client.predict(source=url, name="from_url", api_name="/load_lora")
+    policy = playground.lora_sources
+    saved = policy.fetch.allow_private
+    policy.fetch.allow_private = True  # as --allow-private-urls does
+    try:
+        loaded(url, name="from_url")
+    finally:
+        policy.fetch.allow_private = saved
+    status = client.predict(api_name="/status")["loras"]["from_url"]
+    assert status["source"] == url and status["file"].endswith(".safetensors")
+    assert not np.array_equal(t2i(client, loras="from_url:1"), t2i(client))
+
+
+def test_local_files_outside_the_folders_are_refused_even_through_links(client, playground, tmp_path):
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(playground.lora_sources.folders[-1] / KOHYA, outside)
+    link = playground.lora_sources.folders[-1] / "link.safetensors"
+    link.symlink_to(outside)
+    try:
+        with pytest.raises(Exception, match="local LoRAs are loaded only from the LoRA folders"):
+            client.predict(source="link.safetensors", name="linked", api_name="/load_lora")
+    finally:
+        link.unlink()
