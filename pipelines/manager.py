@@ -230,15 +230,21 @@ class PipelineManager:
     def _set_adapters(self, pipe, control: str | None, loras: tuple[tuple[str, float], ...]) -> None:
         state = self._adapters
         if state.control != control:  # only a full restore takes a control LoRA off
-            started = time.perf_counter()
-            adapters.restore_base(pipe, state)
-            if control is not None:
-                adapters.apply_control(pipe, state, control, self.component(f"{control}_lora"))
-            for lora in self._loras.values():
-                adapters.apply_user_lora(pipe, state, lora)
-            state.rebuilds += 1
-            state.rebuild_seconds += time.perf_counter() - started
+            with torch.inference_mode(False):  # tensors made here outlive the request: no inference tensors
+                self._rebuild_adapters(pipe, control)
         adapters.activate(pipe, state, loras)
+
+    def _rebuild_adapters(self, pipe, control: str | None) -> None:
+        """Restore the base transformer, then apply the control LoRA and the users' LoRAs."""
+        state = self._adapters
+        started = time.perf_counter()
+        adapters.restore_base(pipe, state)
+        if control is not None:
+            adapters.apply_control(pipe, state, control, self.component(f"{control}_lora"))
+        for lora in self._loras.values():
+            adapters.apply_user_lora(pipe, state, lora)
+        state.rebuilds += 1
+        state.rebuild_seconds += time.perf_counter() - started
 
     # --- users' LoRAs ---------------------------------------------------------------------------
 

@@ -154,18 +154,33 @@ def control_inputs() -> dict[str, gr.Component]:
     return controls
 
 
+# Control's guidance and steps depend on the control type (Canny: guidance 30, 50 steps; Depth:
+# 10, 30). Their sliders start empty, so that the API page gives them no default and a caller
+# who leaves them out gets the defaults of the control type asked for; the page fills them in
+# when it loads and whenever the control type changes.
+VARIANT_FIELDS = ("guidance_scale", "num_inference_steps")
+
+
 def follow_control_type(controls: dict) -> None:
-    """A new control type brings its own defaults (Canny: guidance 30, 50 steps; Depth: 10, 30)."""
     canny_row = controls.pop("_canny_row")
-
-    def defaults_for(kind: str):
-        return (gr.Row(visible=kind == "canny"),
-                PRESETS.default("guidance_scale", "control", kind),
-                int(PRESETS.default("num_inference_steps", "control", kind)))
-
-    controls["control_type"].change(defaults_for, controls["control_type"],
-                                    [canny_row, controls["guidance_scale"], controls["num_inference_steps"]],
+    for name in VARIANT_FIELDS:
+        controls[name].value = None
+    controls["control_type"].change(control_type_defaults, controls["control_type"],
+                                    [canny_row, *(controls[name] for name in VARIANT_FIELDS)],
                                     api_visibility="private", queue=False)
+
+
+def control_type_defaults(kind: str) -> tuple:
+    """The canny row's visibility and the control type's guidance and steps."""
+    kind = kind if kind in PRESETS.choices["control_type"].values else PRESETS.choices["control_type"].default
+    return (gr.Row(visible=kind == "canny"),
+            *(PRESETS.default(name, "control", kind) for name in VARIANT_FIELDS))
+
+
+def fill_control_defaults(page: gr.Blocks, controls: dict) -> None:
+    """Give the control tab's empty sliders the defaults of its control type when the page loads."""
+    page.load(lambda kind: control_type_defaults(kind)[1:], controls["control_type"],
+              [controls[name] for name in VARIANT_FIELDS], api_visibility="private", queue=False)
 
 
 def add_iterative_editing(controls: dict, outputs: list) -> None:
@@ -203,7 +218,8 @@ def lora_tab(playground: Playground) -> None:
             name = gr.Textbox(label="Name (optional)", scale=1, info="Defaults to the file's name.")
         load = gr.Button("Load LoRA", variant="primary", elem_id="load-lora")
         with gr.Row():
-            loaded_names = gr.Dropdown(sorted(playground.manager.lora_names()), label="Loaded LoRA", scale=3)
+            # Unchecked: the choices change as LoRAs load; the manager says when a name is unknown.
+            loaded_names = Dropdown(sorted(playground.manager.lora_names()), label="Loaded LoRA", scale=3)
             unload = gr.Button("Unload", scale=1)
         loaded = gr.JSON(label="Loaded LoRAs", value=playground.manager.status()["loras"], elem_id="loaded-loras")
     load_lora, unload_lora = make_lora_endpoints(playground)
