@@ -91,7 +91,8 @@ def running_server(extra_args: list[str], outputs: Path):
 
     import app
 
-    args = app.parse_args(["--demo", "--port", str(free_port()), "--outputs-dir", str(outputs), *extra_args])
+    args = app.parse_args(["--demo", "--port", str(free_port()), "--outputs-dir", str(outputs),
+                           "--lora-dir", str(outputs / "loras"), *extra_args])
     server_app, playground = app.create_server(args)
     server = uvicorn.Server(uvicorn.Config(server_app, host=args.host, port=args.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
