@@ -3,8 +3,10 @@
 The folders mirror the Hugging Face hub layouts of black-forest-labs/FLUX.1-dev,
 FLUX.1-Kontext-dev and FLUX.1-Redux-dev file for file, and that of the NSFW
 classifier BFL's reference code screens outputs with (Falconsai/nsfw_image_detection),
-so the project's real loading code (``from_pretrained`` on the folder or its
-subfolders) runs on them unchanged: in tests and as the offline demo model.
+plus (built by tiny_adapters) FLUX.1-Fill-dev, the Canny/Depth control LoRAs, Depth
+Anything V2 Small and style LoRAs, so the project's real loading code
+(``from_pretrained`` on the folder or its subfolders) runs on them unchanged: in
+tests and as the offline demo model.
 
 Only widths and depths are shrunk. Everything that decides sizes and token
 counts is the real one: VAE downscale 8 with 16 latent channels (1024x1024 ->
@@ -50,10 +52,13 @@ from pipelines.tiny_tokenizers import (
 )
 
 # Bump whenever the output changes: the marker name makes old builds get rebuilt.
-FAMILY_VERSION = "2"
+FAMILY_VERSION = "3"
 
 REPOS = {"dev": "FLUX.1-dev", "kontext": "FLUX.1-Kontext-dev", "redux": "FLUX.1-Redux-dev",
-         "safety": "nsfw_image_detection"}
+         "safety": "nsfw_image_detection",
+         # Built by tiny_adapters: the weights of the inpaint/outpaint, control and LoRA modes.
+         "fill": "FLUX.1-Fill-dev", "canny_lora": "FLUX.1-Canny-dev-lora",
+         "depth_lora": "FLUX.1-Depth-dev-lora", "depth": "Depth-Anything-V2-Small-hf", "loras": "loras"}
 
 # Tiny widths. Heads/dims chosen so every divisibility rule of the real models holds.
 CLIP_DIM, T5_DIM, SIGLIP_DIM, VIT_DIM = 32, 32, 32, 32
@@ -66,7 +71,7 @@ def default_root() -> Path:
 
 
 def build_tiny_family(root: Path | None = None) -> dict[str, Path]:
-    """Build the four folders under ``root`` (once); return {"dev", "kontext", "redux", "safety"} paths."""
+    """Build the folders of REPOS under ``root`` (once); return {key: path} for each."""
     root = Path(root) if root is not None else default_root()
     paths = {key: root / name for key, name in REPOS.items()}
     marker = root / f".complete-{FAMILY_VERSION}"
@@ -170,6 +175,10 @@ def _build_into(tmp: Path) -> None:
     torch.manual_seed(4)
     _nsfw_classifier().save_pretrained(safety)
 
+    from pipelines.tiny_adapters import build_adapters  # here: it imports this module
+
+    build_adapters(tmp)
+
 
 # --- configs that are copied from the hub verbatim -------------------------------------------
 
@@ -264,10 +273,12 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _flux_transformer(seed: int) -> FluxTransformer2DModel:
+def _flux_transformer(seed: int, in_channels: int = 64, out_channels: int | None = None,
+                      ) -> FluxTransformer2DModel:
     torch.manual_seed(seed)  # own seed, so dev and Kontext differ but each is reproducible alone
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+        patch_size=1, in_channels=in_channels, out_channels=out_channels,  # None: = in_channels
+        num_layers=1, num_single_layers=1,
         attention_head_dim=HEAD_DIM, num_attention_heads=2,
         joint_attention_dim=T5_DIM, pooled_projection_dim=CLIP_DIM,
         guidance_embeds=True, axes_dims_rope=AXES_DIMS_ROPE,
@@ -322,9 +333,9 @@ def main(argv: list[str]) -> None:
     root = Path(argv[0]) if argv else default_root()
     paths = build_tiny_family(root)
     for key, path in paths.items():
-        print(f"{key:8s} {path}")
+        print(f"{key:10s} {path}")
     total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-    print(f"total    {total / 2**20:.2f} MiB in {root}")
+    print(f"total      {total / 2**20:.2f} MiB in {root}")
 
 
 if __name__ == "__main__":

@@ -16,27 +16,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 T5_EXTRA_IDS = 100
 
 # A few hundred common (prompt) words: each becomes one whole-word token in both tokenizers.
-WORDS = """
-a an the and or but of in on at to from with without by for as is are was be it its this that
-these those there here i you he she we they my your his her our their what which who where when
-how why not no yes all some any many more most few one two three four five six seven eight nine
-ten very so too up down out over under into through between behind above below near far left
-right top bottom front back inside outside new old big small large tiny long short tall wide
-high low little huge good bad best beautiful pretty cute ugly happy sad angry calm quiet loud
-bright dark light black white red green blue yellow orange purple pink brown gray grey gold
-golden silver colorful man woman boy girl child children people person face eyes eye hair hand
-hands head body smile portrait cat cats dog dogs bird birds horse fish animal animals tree trees
-flower flowers grass forest mountain mountains river lake sea ocean beach sand sky cloud clouds
-sun moon star stars rain snow fire water ice wind storm city street road house houses building
-buildings castle tower bridge car cars train boat ship plane window door wall floor room table
-chair bed book food cake coffee tea apple fruit garden park field farm village night day morning
-evening sunset sunrise winter summer spring autumn photo photograph picture image painting
-drawing sketch illustration art style render detailed realistic cinematic lighting shot close
-view background foreground scene landscape texture pattern wearing holding sitting standing
-walking running flying looking made make change turn add remove replace keep same different
-color colors shape simple soft sharp focus blur vintage modern futuristic fantasy magic robot
-space planet world earth glass metal wood stone paper cloth dress shirt hat glasses
-""".split()
+WORDS = ["a", "an", "the", "and", "or", "but", "of", "in", "on", "at", "to", "from", "with", "without", "by", "for", "as", "is", "are", "was", "be", "it", "its", "this", "that", "these", "those", "there", "here", "i", "you", "he", "she", "we", "they", "my", "your", "his", "her", "our", "their", "what", "which", "who", "where", "when", "how", "why", "not", "no", "yes", "all", "some", "any", "many", "more", "most", "few", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "very", "so", "too", "up", "down", "out", "over", "under", "into", "through", "between", "behind", "above", "below", "near", "far", "left", "right", "top", "bottom", "front", "back", "inside", "outside", "new", "old", "big", "small", "large", "tiny", "long", "short", "tall", "wide", "high", "low", "little", "huge", "good", "bad", "best", "beautiful", "pretty", "cute", "ugly", "happy", "sad", "angry", "calm", "quiet", "loud", "bright", "dark", "light", "black", "white", "red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "gray", "grey", "gold", "golden", "silver", "colorful", "man", "woman", "boy", "girl", "child", "children", "people", "person", "face", "eyes", "eye", "hair", "hand", "hands", "head", "body", "smile", "portrait", "cat", "cats", "dog", "dogs", "bird", "birds", "horse", "fish", "animal", "animals", "tree", "trees", "flower", "flowers", "grass", "forest", "mountain", "mountains", "river", "lake", "sea", "ocean", "beach", "sand", "sky", "cloud", "clouds", "sun", "moon", "star", "stars", "rain", "snow", "fire", "water", "ice", "wind", "storm", "city", "street", "road", "house", "houses", "building", "buildings", "castle", "tower", "bridge", "car", "cars", "train", "boat", "ship", "plane", "window", "door", "wall", "floor", "room", "table", "chair", "bed", "book", "food", "cake", "coffee", "tea", "apple", "fruit", "garden", "park", "field", "farm", "village", "night", "day", "morning", "evening", "sunset", "sunrise", "winter", "summer", "spring", "autumn", "photo", "photograph", "picture", "image", "painting", "drawing", "sketch", "illustration", "art", "style", "render", "detailed", "realistic", "cinematic", "lighting", "shot", "close", "view", "background", "foreground", "scene", "landscape", "texture", "pattern", "wearing", "holding", "sitting", "standing", "walking", "running", "flying", "looking", "made", "make", "change", "turn", "add", "remove", "replace", "keep", "same", "different", "color", "colors", "shape", "simple", "soft", "sharp", "focus", "blur", "vintage", "modern", "futuristic", "fantasy", "magic", "robot", "space", "planet", "world", "earth", "glass", "metal", "wood", "stone", "paper", "cloth", "dress", "shirt", "hat", "glasses"]
 
 
 

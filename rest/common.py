@@ -74,7 +74,7 @@ async def run_request(playground: Playground, mode: str, raw: dict[str, Any], ht
                       cancel=None) -> GenerationResult:
     """Validate (RequestError) and run (GenerationError) off the event loop: the accelerator
     lock is held for the whole generation."""
-    parsed = with_seed(parse_request(mode, raw))
+    parsed = with_seed(parse_request(mode, raw, playground.offer()))
     return await run_in_threadpool(playground.execute, parsed, arrival_time(http.scope), None, cancel)
 
 

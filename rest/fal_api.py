@@ -1,5 +1,6 @@
 """fal-style endpoints: `POST /fal-ai/flux/dev` and its image-to-image, Redux and Kontext
-siblings, with fal's request fields, defaults (jpeg, guidance 3.5, landscape_4_3) and response
+siblings, and the `flux-lora` family (LoRAs by path and scale, inpainting, Canny and Depth
+control), with fal's request fields, defaults (jpeg, guidance 3.5, landscape_4_3) and response
 (`images`, `seed`, `has_nsfw_concepts`, `prompt`, `timings`)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from pipelines.requests import RequestError
 from pipelines.service import GenerationError, GenerationResult, ServerBusy
@@ -17,8 +19,14 @@ from rest.common import RestSettings, drop_none, rename_field, result_url, run_r
 from rest.inputs import InputError, load_image_input
 
 # Our field names in fal's vocabulary, for error messages.
-FIELD_NAMES = {"image": "image_url", "width": "image_size", "height": "image_size"}
+FIELD_NAMES = {"image": "image_url", "mask_image": "mask_url", "width": "image_size", "height": "image_size",
+               "source": "loras"}
 ACCELERATIONS = ("none", "regular", "high")
+
+
+class LoraWeight(BaseModel):
+    path: str = Field(description="A URL to a .safetensors file, a hub repository, or a loaded LoRA's name")
+    scale: float = 1.0
 
 
 class FalBody(BaseModel):
@@ -36,7 +44,10 @@ class FalBody(BaseModel):
     output_format: str | None = "jpeg"
     acceleration: Literal["none", "regular", "high"] = "none"
     image_url: str | None = Field(None, description="Input image: a URL or a data URI (image modes)")
+    mask_url: str | None = Field(None, description="Inpainting mask (white is repainted): a URL or a data URI")
     strength: float | None = None
+    loras: list[LoraWeight] | None = Field(None, description="LoRAs to apply (flux-lora routes): each is "
+                                           "loaded on first use from its path (a URL or a hub repository)")
 
 
 def fal_error(field: str, message: str, status: int = 422) -> JSONResponse:
@@ -45,7 +56,7 @@ def fal_error(field: str, message: str, status: int = 422) -> JSONResponse:
 
 
 def raw_fields(body: FalBody, mode: str, defaults: dict[str, Any], settings: RestSettings) -> dict[str, Any]:
-    values = {**defaults, **drop_none(body.model_dump(exclude={"sync_mode", "acceleration"}))}
+    values = {**defaults, **drop_none(body.model_dump(exclude={"sync_mode", "acceleration", "loras"}))}
     size = values.pop("image_size", None)
     if isinstance(size, dict):
         values.update(image_size="custom", width=size.get("width"), height=size.get("height"))
@@ -53,7 +64,23 @@ def raw_fields(body: FalBody, mode: str, defaults: dict[str, Any], settings: Res
         values["image_size"] = size
     if mode != "text_to_image":
         values["image"] = load_image_input(values.pop("image_url", None), "image_url", settings.fetch)
+    if mode == "inpaint":
+        values["mask_image"] = load_image_input(values.pop("mask_url", None), "mask_url", settings.fetch)
     return values
+
+
+def lora_names(playground, loras: list[LoraWeight]) -> list[tuple[str, float]]:
+    """fal's `loras` as (loaded name, scale): each path is a loaded LoRA's name or source, or is
+    loaded now (and stays loaded for the next request that names it)."""
+    loaded = playground.manager.status()["loras"]
+    by_source = {entry["source"]: name for name, entry in loaded.items()}
+    pairs = []
+    for lora in loras:
+        name = lora.path if lora.path in loaded else by_source.get(lora.path)
+        if name is None:
+            name = playground.load_lora(lora.path)["name"]
+        pairs.append((name, lora.scale))
+    return pairs
 
 
 def fal_response(result: GenerationResult, sync_mode: bool, http: Request, settings: RestSettings) -> dict:
@@ -77,6 +104,11 @@ ROUTES = {
                                                     "image_size": "match_input"}),
     "/flux/dev/redux": ("redux_variation", {"image_size": "landscape_4_3"}),
     "/flux-kontext/dev": ("kontext_edit", {"guidance_scale": 2.5, "image_size": "match_input"}),
+    "/flux-lora": ("text_to_image", {"image_size": "landscape_4_3"}),
+    "/flux-lora/image-to-image": ("image_to_image", {"strength": 0.85, "image_size": "match_input"}),
+    "/flux-lora/inpainting": ("inpaint", {"strength": 0.85, "image_size": "match_input"}),
+    "/flux-lora-canny": ("control", {"control_type": "canny", "image_size": "match_input"}),
+    "/flux-lora-depth": ("control", {"control_type": "depth", "image_size": "match_input"}),
 }
 
 
@@ -87,9 +119,11 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
         async def handle(body: FalBody, http: Request):
             try:
                 raw = raw_fields(body, mode, defaults, settings)
+                if body.loras:
+                    raw["loras"] = await run_in_threadpool(lora_names, playground, body.loras)
                 result = await run_request(playground, mode, raw, http)
             except InputError as error:
-                return fal_error(error.field, str(error))
+                return fal_error(FIELD_NAMES.get(error.field, error.field), str(error))
             except RequestError as error:
                 return JSONResponse(status_code=422, content={"detail": [
                     {"loc": ["body", field], "msg": message, "type": "value_error"}

@@ -120,3 +120,44 @@ def test_local_files_outside_the_folders_are_refused_even_through_links(client, 
             client.predict(source="link.safetensors", name="linked", api_name="/load_lora")
     finally:
         link.unlink()
+
+
+def test_fal_lora_routes_load_loras_by_path_and_inpaint(base_url, client):
+    import base64
+    import io
+
+    import requests
+    from PIL import Image
+
+    body = {"prompt": "a lighthouse", "image_size": {"width": 256, "height": 256}, "num_inference_steps": 2,
+            "seed": 9, "enable_safety_checker": False, "output_format": "png", "sync_mode": True}
+
+    def fal(route, **extra):
+        response = requests.post(f"{base_url}fal-ai/{route}", json={**body, **extra}, timeout=300)
+        assert response.status_code == 200, response.text
+        data = response.json()["images"][0]["url"].split(",", 1)[1]
+        return pixels(Image.open(io.BytesIO(base64.b64decode(data))))
+
+    try:
+        plain = fal("flux-lora")
+        styled = fal("flux-lora", loras=[{"path": STYLE, "scale": 1.0}])  # loaded on first use
+        assert not np.array_equal(plain, styled)
+        assert np.array_equal(styled, fal("flux-lora", loras=[{"path": STYLE, "scale": 1.0}]))
+        assert "tiny-style-lora" in client.predict(api_name="/status")["loras"]
+
+        def data_uri(image):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+        photo = Image.open(EXAMPLE_LAKE).convert("RGB").resize((256, 256))
+        mask = Image.new("L", (256, 256), 0)
+        mask.paste(255, (0, 0, 128, 128))
+        painted = fal("flux-lora/inpainting", image_url=data_uri(photo), mask_url=data_uri(mask))
+        keep = np.asarray(mask) == 0
+        assert np.array_equal(painted[keep], pixels(photo)[keep])
+        response = requests.post(f"{base_url}fal-ai/flux-lora", json={**body, "loras": [{"path": "/etc/passwd"}]})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "loras"]
+    finally:
+        for name in client.predict(api_name="/status")["loras"]:
+            client.predict(name=name, api_name="/unload_lora")

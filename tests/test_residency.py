@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, FAST, call
+from gradio_client import handle_file
 
 REQUESTS = [
     ("/text_to_image", {"prompt": "a fox"}),
     ("/image_to_image", {"image": EXAMPLE_LAKE, "prompt": "a fox"}),
     ("/kontext_edit", {"image": EXAMPLE_BIRD, "prompt": "a fox"}),
     ("/redux_variation", {"image": EXAMPLE_BIRD}),
+    ("/inpaint", {"image": {"background": handle_file(EXAMPLE_LAKE), "layers": [], "composite": None},
+                  "mask_image": handle_file(EXAMPLE_BIRD), "prompt": "a fox"}),
+    ("/outpaint", {"image": EXAMPLE_BIRD, "prompt": "a fox", "expand_left": 32}),
+    ("/control", {"image": EXAMPLE_LAKE, "prompt": "a fox", "control_type": "canny"}),
+    ("/control", {"image": EXAMPLE_LAKE, "prompt": "a fox", "control_type": "depth"}),
 ]
+# Mode switches in one run of REQUESTS (the two control requests are one mode).
+SWITCHES_PER_RUN = 7
 
 
 def run_every_mode(client):
     for api_name, kwargs in REQUESTS:
-        call(client, api_name, **kwargs, **FAST, seed=1)
+        options = {**FAST, "seed": 1} if api_name != "/outpaint" else {"num_inference_steps": 2, "seed": 1}
+        call(client, api_name, **kwargs, **options)
 
 
 def test_cycling_modes_loads_nothing_and_shares_every_component(client, playground):
@@ -25,15 +34,17 @@ def test_cycling_modes_loads_nothing_and_shares_every_component(client, playgrou
     after = client.predict(api_name="/status")
 
     expected = {"scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
-                "transformer", "kontext_transformer", "image_encoder", "feature_extractor", "image_embedder"}
+                "transformer", "kontext_transformer", "image_encoder", "feature_extractor", "image_embedder",
+                "canny_lora", "depth_lora", "depth_estimator", "depth_processor"}
     assert set(after["components"]) == expected
     assert {name: c["load_count"] for name, c in after["components"].items()} == dict.fromkeys(expected, 1)
-    assert after["components"] == before["components"]
-    # Each run of the cycle switches modes four times.
-    assert after["mode_switches"] - before["mode_switches"] == 8
+    # Nothing reloaded; only the dev transformer's size changes while a control LoRA is on it.
+    unchanged = {name: c for name, c in after["components"].items() if name != "transformer"}
+    assert unchanged == {name: c for name, c in before["components"].items() if name != "transformer"}
+    assert after["mode_switches"] - before["mode_switches"] == 2 * SWITCHES_PER_RUN
 
     pipelines = after["pipelines"]
-    for name in ("text_to_image", "image_to_image"):
+    for name in ("text_to_image", "image_to_image", "inpaint", "control"):
         assert pipelines[name]["components"]["transformer"] == "transformer"
     assert pipelines["kontext_edit"]["components"]["transformer"] == "kontext_transformer"
     for name in ("text_to_image", "image_to_image", "kontext_edit", "redux_prior"):

@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxControlPipeline, FluxFillPipeline, FluxPipeline, FluxTransformer2DModel
+from diffusers import (
+    FluxControlPipeline,
+    FluxFillPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
@@ -31,7 +36,7 @@ def _sha(path: Path) -> str:
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(path, "pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()  # noqa: SIM118
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -86,10 +91,9 @@ def test_fill_is_dev_with_its_own_384_channel_transformer(family):
 def test_control_lora_keys_are_diffusers_conversion_of_bfls(family, linears):
     tensors, metadata = _read(family["canny_lora"] / "flux1-canny-dev-lora.safetensors")
     assert metadata == {"format": "pt"}
-    norms = {f"transformer.{block}.attn.{norm}.weight"
-             for block in ("transformer_blocks.0", "single_transformer_blocks.0")
-             for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
-             if block.startswith("transformer") or norm in ("norm_q", "norm_k")}
+    norms = {*(f"transformer.transformer_blocks.0.attn.{n}.weight"
+               for n in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")),
+             *(f"transformer.single_transformer_blocks.0.attn.{n}.weight" for n in ("norm_q", "norm_k"))}
     lora = {f"transformer.{name}.{part}" for name in linears
             for part in ("lora_A.weight", "lora_B.weight", "lora_B.bias")}
     assert set(tensors) == lora | norms  # every linear of the transformer, and the q/k norm scales
@@ -187,6 +191,7 @@ def test_control_lora_widens_x_embedder_and_unloads_bit_exactly(family, dev_pipe
     assert np.array_equal(t2i(dev_pipe), before)
 
 
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # PEFT, on a second adapter
 def test_style_loras_load_weigh_and_unload(family, dev_pipe):
     base = t2i(dev_pipe)
     loras = family["loras"]

@@ -80,7 +80,8 @@ def dev_pipe(family) -> FluxPipeline:
 
 
 def test_hub_layout(family):
-    assert set(family) == {"dev", "kontext", "redux", "safety"}
+    assert set(family) == {"dev", "kontext", "redux", "safety",  # and the adapters: test_tiny_adapters
+                           "fill", "canny_lora", "depth_lora", "depth", "loras"}
     assert family["dev"].name == "FLUX.1-dev"
     assert family["kontext"].name == "FLUX.1-Kontext-dev"
     assert family["redux"].name == "FLUX.1-Redux-dev"
@@ -115,10 +116,12 @@ def test_build_is_deterministic_and_skipped_when_complete(family, tmp_path):
 
 def test_an_older_version_is_rebuilt(tmp_path):
     paths = build_tiny_family(tmp_path)
-    (tmp_path / f".complete-{FAMILY_VERSION}").rename(tmp_path / ".complete-1")
-    shutil.rmtree(paths["safety"])  # version 1 had no classifier
+    (tmp_path / f".complete-{FAMILY_VERSION}").rename(tmp_path / ".complete-2")
+    shutil.rmtree(paths["safety"])  # version 1 had no classifier,
+    shutil.rmtree(paths["loras"])  # version 2 no adapters
     build_tiny_family(tmp_path)
     assert _files(paths["safety"]) == set(SAFETY_FILES)
+    assert (paths["loras"] / "tiny-kohya-style.safetensors").is_file()
     assert [p.name for p in tmp_path.glob(".complete-*")] == [f".complete-{FAMILY_VERSION}"]
 
 

@@ -48,6 +48,21 @@ class Image(gr.Image):
         return None if payload is None else payload.path
 
 
+class ImageEditor(gr.ImageEditor):
+    """An image editor whose uploaded files reach request validation as they are. Gradio's
+    own preprocess re-saves each in its original format and fails on a JPEG with painted
+    (transparent) layers; blobs the page sends are still converted by it."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is None or payload.id is not None:
+            return super().preprocess(payload)
+        return {"background": payload.background.path if payload.background else None,
+                "layers": [layer.path for layer in payload.layers],
+                "composite": payload.composite.path if payload.composite else None}
+
+
 def slider(name: str, mode: str | None = None, variant: str | None = None, **options) -> gr.Slider:
     """A slider with the field's range and default (the mode's and variant's, where they differ)."""
     spec = PRESETS.field(name, mode)

@@ -18,6 +18,7 @@ from pipelines.service import Playground
 from presets import EXAMPLES, PRESETS
 from ui.components import (
     Dropdown,
+    ImageEditor,
     Radio,
     image_input,
     negative_prompt_controls,
@@ -107,7 +108,7 @@ def mode_tabs(playground: Playground, gate: QueueGate) -> dict[str, dict]:
 
 def inpaint_inputs(variant: str | None) -> dict[str, gr.Component]:
     controls: dict[str, gr.Component] = {
-        "image": gr.ImageEditor(
+        "image": ImageEditor(
             label="Image: paint over what to change", type="filepath", sources=["upload", "clipboard"],
             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=40), eraser=gr.Eraser(),
             layers=False, transforms=(), height=420, elem_id="inpaint-editor"),
