@@ -146,30 +146,58 @@ def test_request_cache_is_off_again_after_the_request(plain):
     pipe, reference = plain
     transformer = pipe.transformer
     # Threshold 0: every step computes every block, so the hooks change nothing.
-    with request_cache(transformer, "first_block", settings=with_threshold(0.0)) as kind:
+    with request_cache(pipe, "first_block", settings=with_threshold(0.0)) as kind:
         assert kind == "first_block" and transformer.is_cache_enabled
         assert np.array_equal(generate(pipe), reference)
     # A loose threshold skips blocks: the image changes, a little.
-    with request_cache(transformer, "first_block", settings=with_threshold(0.9)):
+    with request_cache(pipe, "first_block", settings=with_threshold(0.9)):
         cached = generate(pipe)
     assert not np.array_equal(cached, reference) and np.abs(cached - reference).max() < 0.25
-    with request_cache(transformer, "taylorseer"):
+    with request_cache(pipe, "taylorseer"):
         generate(pipe, steps=12)  # TaylorSeer predicts from step 10 on
     # Off again, even after a failing call: the next request is bit-identical to the first.
-    with pytest.raises(RuntimeError), request_cache(transformer, "first_block"):
+    with pytest.raises(RuntimeError), request_cache(pipe, "first_block"):
         raise RuntimeError("the request failed")
     assert not transformer.is_cache_enabled
-    with request_cache(transformer, "off") as kind:
+    with request_cache(pipe, "off") as kind:
         assert kind == "off" and not transformer.is_cache_enabled
     assert np.array_equal(generate(pipe), reference)
+
+
+def test_request_cache_on_pipelines_that_do_not_name_their_calls(plain, parts):
+    """FluxKontextPipeline (like img2img, inpaint, fill, control) enters no cache context itself."""
+    from diffusers import FluxKontextPipeline
+    from PIL import Image
+
+    kontext = FluxKontextPipeline(transformer=plain[0].transformer, **parts)
+    kontext.set_progress_bar_config(disable=True)
+    image = Image.new("RGB", (SIZE, SIZE), (200, 120, 40))
+
+    @torch.inference_mode()
+    def edit():
+        return kontext(image=image, prompt="make it blue", width=SIZE, height=SIZE, num_inference_steps=STEPS,
+                       max_area=SIZE * SIZE, generator=torch.Generator("cpu").manual_seed(1), output_type="np").images
+
+    before = edit()
+    assert not acceleration.names_its_calls(kontext) and acceleration.names_its_calls(plain[0])
+    with request_cache(kontext, "first_block", settings=with_threshold(0.9)) as kind:
+        assert kind == "first_block"
+        cached = edit()
+    assert not np.array_equal(cached, before)
+    # With true CFG its two passes would share one cache state: such calls run uncached.
+    with request_cache(kontext, "first_block", true_cfg=True) as kind:
+        assert kind == "off" and not kontext.transformer.is_cache_enabled
+    with request_cache(plain[0], "first_block", true_cfg=True) as kind:
+        assert kind == "first_block"
+    assert np.array_equal(edit(), before)
 
 
 def test_request_cache_runs_on_compiled_blocks(regular, plain):
     pipe, _, compiled_image, _ = regular
     loose = with_threshold(0.9)
-    with request_cache(pipe.transformer, "first_block", settings=loose):
+    with request_cache(pipe, "first_block", settings=loose):
         compiled_cached = generate(pipe)
-    with request_cache(plain[0].transformer, "first_block", settings=loose):
+    with request_cache(plain[0], "first_block", settings=loose):
         eager_cached = generate(plain[0])
     np.testing.assert_allclose(compiled_cached, eager_cached, atol=1e-4)
     assert np.array_equal(generate(pipe), compiled_image)  # the uncached graphs are used again

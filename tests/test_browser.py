@@ -114,3 +114,58 @@ def test_dropping_a_saved_image_on_a_tab_restores_its_parameters(page, client):
     page.wait_for_function("el => el.value === 'a saved kontext instruction'", arg=instruction.element_handle())
     assert panel.get_by_label("Seed", exact=True).input_value() == "77"
     assert panel.get_by_label("Steps").first.input_value() == "3"
+
+
+def test_inpaint_paints_a_mask_in_the_editor_and_keeps_the_rest(page):
+    panel = open_tab(page, "Inpaint")
+    panel.locator("#inpaint-editor input[type=file]").first.set_input_files(str(REPO / EXAMPLE_BIRD))
+    canvas = panel.locator("#inpaint-editor canvas").first
+    canvas.wait_for()
+    page.wait_for_timeout(1000)  # the editor draws the uploaded image before it takes strokes
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.4
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x + step * 8, y + step * 4)
+    page.mouse.up()
+    panel.get_by_label("Prompt").first.fill("a red balloon")
+    panel.get_by_label("Steps").first.fill("4")
+    generate(page, panel, "inpaint")
+
+
+def test_control_type_brings_its_defaults_and_the_map_is_shown(page):
+    panel = open_tab(page, "Control")
+    guidance = panel.get_by_label("Guidance scale").first
+    page.wait_for_function("el => el.value === '30'", arg=guidance.element_handle())  # Canny's, filled at load
+    panel.get_by_label("depth").check()
+    page.wait_for_function("el => el.value === '10'", arg=guidance.element_handle())
+    assert panel.get_by_label("Steps").first.input_value() == "30"
+    panel.locator("input[type=file]").first.set_input_files(str(REPO / EXAMPLE_LAKE))
+    panel.locator("img").first.wait_for()
+    panel.get_by_label("Prompt").first.fill("a castle on a hill")
+    panel.get_by_label("Steps").first.fill("3")
+    generate(page, panel, "control")
+    control_map = page.locator("#control-map img")
+    control_map.wait_for()
+    assert control_map.evaluate("img => img.complete && img.naturalWidth") > 0
+
+
+def test_a_lora_loaded_in_its_tab_applies_by_name(page, client):
+    open_tab(page, "LoRAs")
+    source = page.locator("#lora-source input")
+    source.fill("tiny-style-lora")
+    source.press("Enter")
+    page.locator("#load-lora").click()
+    page.locator("#loaded-loras").get_by_text("tiny-style-lora").first.wait_for()
+    try:
+        panel = open_tab(page, "Text-to-Image")
+        panel.get_by_label("Prompt").first.fill("a lighthouse in tiny style")
+        panel.get_by_label("LoRAs").fill("tiny-style-lora:0.8")
+        generate(page, panel, "lora")
+        panel.locator("button", has_text="Parameters used").click()
+        panel.get_by_text("tiny-style-lora:0.8").first.wait_for()
+    finally:
+        page.locator(".tabitem:visible").get_by_label("LoRAs").fill("")
+        for name in client.predict(api_name="/status")["loras"]:
+            client.predict(name=name, api_name="/unload_lora")

@@ -102,7 +102,7 @@ def test_outpaint_asks_for_one_way_to_extend(client, photo):
 
 def test_with_fill_configured_inpainting_runs_flux_fill(family, tmp_path, photo):
     """FLUX.1-Fill-dev's own transformer and FluxFillPipeline, with BFL's Fill defaults."""
-    with running_server(["--fill-model", "demo"], tmp_path / "out") as (_, playground, url):
+    with running_server(["--fill-model", "demo"], tmp_path / "out") as (_, _playground, url):
         client = Client(url, verbose=False)
         mask = square_mask(tmp_path / "mask.png", (0, 0, 128, 256))
         result = inpaint(client, image={"background": handle_file(str(photo)), "layers": [], "composite": None},

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.masks import aspect_margins, feather_inward, keep_unmasked, outpaint_canvas, outpaint_layout
+from pipelines.masks import (
+    aspect_margins,
+    feather_inward,
+    keep_unmasked,
+    outpaint_canvas,
+    outpaint_layout,
+)
 
 
 def test_feathering_softens_only_inside_the_mask():
