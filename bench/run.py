@@ -5,7 +5,8 @@
 Prints a table and writes JSON. Rows:
 - start-up: building the manager and loading what text-to-image needs;
 - per mode: a steady-state request, the first request after switching from another mode, and
-  their ratio (the cost of a mode switch; nothing is reloaded, so it should be about 1);
+  their ratio (the cost of a mode switch; nothing is reloaded, so it should be about 1; a
+  switch into or out of control also puts a control LoRA on the transformer or takes it off);
 - API overhead: the same request through gradio_client against the served app, over a
   direct `Playground.execute` call;
 - resident bytes of all loaded modules against the bytes of their distinct storages.
@@ -27,11 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-MODES = ("text_to_image", "image_to_image", "kontext_edit", "redux_variation")
+MODES = ("text_to_image", "image_to_image", "kontext_edit", "redux_variation", "inpaint", "outpaint", "control")
 EXAMPLE = str(REPO / "presets" / "examples" / "bluebird.jpg")
 
 
@@ -40,7 +43,18 @@ def raw_request(mode: str, size: int, steps: int) -> dict:
            "num_inference_steps": steps, "seed": 1, "live_preview": False, "enable_safety_checker": False}
     if mode != "text_to_image":
         raw["image"] = EXAMPLE
+    if mode == "inpaint":
+        raw["mask_image"] = centre_mask(size)
+    if mode == "outpaint":  # its size is the canvas: the input fitted to `size`, plus a quarter
+        del raw["image_size"], raw["width"], raw["height"]
+        raw.update(image=Image.open(EXAMPLE).convert("RGB").resize((size, size)), expand_right=size // 64 * 16)
     return raw
+
+
+def centre_mask(size: int) -> Image.Image:
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    return mask
 
 
 def timed(fn) -> float:

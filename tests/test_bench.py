@@ -16,7 +16,8 @@ def test_benchmark_smoke_run_prints_a_table_and_writes_json(family, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "after a mode switch" in done.stdout and "via gradio_client" in done.stdout
     result = json.loads(out.read_text())
-    assert set(result["modes"]) == {"text_to_image", "image_to_image", "kontext_edit", "redux_variation"}
+    assert set(result["modes"]) == {"text_to_image", "image_to_image", "kontext_edit", "redux_variation",
+                                    "inpaint", "outpaint", "control"}
     assert all(row["steady_s"] > 0 and row["switch_ratio"] > 0 for row in result["modes"].values())
     # Every component loaded once, and no weight stored twice.
     assert set(result["load_counts"].values()) == {1}
