@@ -59,6 +59,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="LoRAs that may be loaded at once (env FLUX_MAX_LORAS)")
     parser.add_argument("--max-lora-mb", type=float, default=float(env("FLUX_MAX_LORA_MB", "2048")),
                         help="largest LoRA file fetched from a URL (env FLUX_MAX_LORA_MB)")
+    parser.add_argument("--acceleration", default=env("FLUX_ACCELERATION", "none"), choices=("none", "regular", "high"),
+                        help="none: bf16 eager, the plain diffusers result; regular: regional torch.compile, the best "
+                             "attention backend, fused QKV (lossless); high: regular + float8 (CUDA >= 8.9) + step "
+                             "caching by default (env FLUX_ACCELERATION)")
+    parser.add_argument("--residency", default=env("FLUX_RESIDENCY", "auto"),
+                        choices=("auto", "resident", "swap", "offload"),
+                        help="where the models live: all on the accelerator, one FLUX transformer at a time (the "
+                             "others in pinned CPU memory), or group offloading; auto chooses from free memory "
+                             "(env FLUX_RESIDENCY)")
+    parser.add_argument("--compile-cache", default=env("FLUX_COMPILE_CACHE"),
+                        help="folder for compiled artifacts, so a restart does not compile again "
+                             "(env FLUX_COMPILE_CACHE; ~/.cache/flux-playground/compile)")
+    parser.add_argument("--warm-up", default=env("FLUX_WARM_UP", "auto"),
+                        help="sizes to compile at start with a compiling profile: auto (fal's presets), off, or "
+                             "WxH[,WxH…] (env FLUX_WARM_UP)")
     parser.add_argument("--safety-model", help="hub id or folder of the NSFW classifier run on outputs "
                         "(env FLUX_SAFETY_MODEL; Falconsai/nsfw_image_detection)")
     parser.add_argument("--safety-threshold", type=float, default=float(env("FLUX_SAFETY_THRESHOLD", "0.85")),

@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 
-from presets.acceleration import ACCELERATION, Acceleration, Profile, compile_cache_dir
+from presets.acceleration import (
+    ACCELERATION,
+    CACHE_KINDS,
+    Acceleration,
+    Profile,
+    compile_cache_dir,
+)
 
 MEGA_CACHE_FILE = "mega-cache.bin"
 
@@ -54,13 +60,13 @@ def fuse_qkv(transformer, loras: bool = False) -> str:
 
 def float8_support(device: torch.device, settings: Acceleration = ACCELERATION) -> str | None:
     """None when float8 matmuls run on `device`, else why not."""
+    needed = _version(settings.float8_min_capability)
     if device.type != "cuda":
-        return f"float8 matmuls need a CUDA GPU of compute capability >= {_version(settings.float8_min_capability)}; " \
-               f"this runs on {device.type}"
+        return f"float8 matmuls need a CUDA GPU of compute capability >= {needed}; this runs on {device.type}"
     capability = torch.cuda.get_device_capability(device)
     if capability < settings.float8_min_capability:
-        return f"{torch.cuda.get_device_name(device)} has compute capability {_version(capability)}; " \
-               f"float8 tensor cores need >= {_version(settings.float8_min_capability)}"
+        return (f"{torch.cuda.get_device_name(device)} has compute capability {_version(capability)}; "
+                f"float8 tensor cores need >= {needed}")
     return None
 
 
@@ -73,7 +79,12 @@ def quantize_float8(transformer, device: torch.device, loras: bool = False,
     if loras:
         raise Skipped("the transformer carries LoRAs, and PEFT cannot attach them to torchao float8 layers")
     try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+            PerTensor,
+            quantize_,
+        )
     except ImportError:
         raise Skipped("torchao is not installed (pip install torchao)") from None
     rows = torch.cuda.get_device_capability(device) >= settings.float8_row_scales_from
@@ -87,19 +98,26 @@ def _version(capability: tuple[int, int]) -> str:
 
 def _probe_attention(backend: str, device: torch.device, dtype: torch.dtype) -> None:
     """Run the backend once on small FLUX-shaped tensors; raise unless it matches torch's SDPA."""
-    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _check_attention_backend_requirements,
+        dispatch_attention_fn,
+    )
 
+    name = AttentionBackendName(backend)
+    _check_attention_backend_requirements(name)  # says which package is missing
     generator = torch.Generator(device).manual_seed(0)
     q, k, v = (torch.randn(1, 256, 2, 128, generator=generator, device=device, dtype=dtype) for _ in range(3))
-    out = dispatch_attention_fn(q, k, v, backend=AttentionBackendName(backend))
+    out = dispatch_attention_fn(q, k, v, backend=name)
     reference = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
     torch.testing.assert_close(out.float(), reference.transpose(1, 2).float(), atol=2e-2, rtol=2e-2)
 
 
-def set_best_attention(transformer, device: torch.device, settings: Acceleration = ACCELERATION) -> str:
-    """The first backend of the device's preference list that is installed and runs correctly."""
+def set_best_attention(transformer, device: torch.device, dtype: torch.dtype,
+                       settings: Acceleration = ACCELERATION) -> str:
+    """The first backend of the device's preference list that is installed and runs correctly
+    on `dtype` (the activations' dtype: the transformer's before any quantization)."""
     candidates = settings.attention_cuda if device.type == "cuda" else settings.attention_other
-    dtype = next(transformer.parameters()).dtype
     rejected = {}
     for backend in candidates:
         if backend == "native":
@@ -111,7 +129,7 @@ def set_best_attention(transformer, device: torch.device, settings: Acceleration
             _probe_attention(backend, device, dtype)
             transformer.set_attention_backend(backend)
             return backend + _rejections(rejected)
-        except Exception as error:  # missing package, unsupported GPU or dtype, wrong result
+        except Exception as error:  # noqa: BLE001 - missing package, unsupported GPU or dtype, wrong result
             rejected[backend] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
     raise Skipped(f"no attention backend of {candidates} runs here{_rejections(rejected)}")
 
@@ -147,11 +165,12 @@ def apply_profile(transformer, profile: Profile | str, device: torch.device | st
     """
     profile = settings.profile(profile) if isinstance(profile, str) else profile
     device = torch.device(device)
+    dtype = next(transformer.parameters()).dtype
     started = time.perf_counter()
     steps: list[tuple[str, bool, Callable[[], str]]] = [
         ("fuse_qkv", profile.fuse_qkv, lambda: fuse_qkv(transformer, loras)),
         ("float8", profile.float8, lambda: quantize_float8(transformer, device, loras, settings)),
-        ("attention", profile.attention == "best", lambda: set_best_attention(transformer, device, settings)),
+        ("attention", profile.attention == "best", lambda: set_best_attention(transformer, device, dtype, settings)),
         ("compile", profile.compile, lambda: compile_blocks(transformer, settings)),
     ]
     applied, skipped = {}, {}
@@ -179,8 +198,8 @@ def request_cache_kind(profile: Profile, requested: bool | str | None = None) ->
     if requested is None:
         return profile.cache
     if isinstance(requested, str):
-        if requested not in ("off", "first_block", "taylorseer"):
-            raise ValueError(f"cache must be off, first_block or taylorseer, got {requested!r}")
+        if requested not in CACHE_KINDS:
+            raise ValueError(f"cache must be one of {', '.join(CACHE_KINDS)}, got {requested!r}")
         return requested
     if not requested:
         return "off"
@@ -203,18 +222,34 @@ def cache_config(kind: str, float8: bool = False, settings: Acceleration = ACCEL
     raise ValueError(f"unknown cache kind {kind!r}")
 
 
+def names_its_calls(pipe) -> bool:
+    """Whether the pipeline names each transformer call ("cond", "uncond"), so that true CFG's two
+    passes keep separate cache states. In diffusers 0.42 only FluxPipeline does."""
+    from diffusers import FluxPipeline
+
+    return isinstance(pipe, FluxPipeline)
+
+
 @contextmanager
-def request_cache(transformer, kind: str, *, float8: bool = False,
+def request_cache(pipe, kind: str, *, float8: bool = False, true_cfg: bool = False,
                   settings: Acceleration = ACCELERATION) -> Iterator[str]:
-    """Step caching on `transformer` for the duration of the block, off again after it even
-    when the call fails. The hooks are fresh each time, so no state leaks between requests."""
+    """Step caching on the pipeline's transformer for the duration of the block, off again after
+    it even when the call fails. Yields the caching that runs: "off" for a true-CFG call of a
+    pipeline that does not name its passes (caching would compare the conditional pass with the
+    unconditional one). The hooks are fresh each time, and every pipeline call resets them
+    (maybe_free_model_hooks), so no state passes between images or requests."""
+    if true_cfg and not names_its_calls(pipe):
+        kind = "off"
     config = cache_config(kind, float8, settings)
     if config is None:
         yield "off"
         return
+    transformer = pipe.transformer
     transformer.enable_cache(config)
     try:
-        yield kind
+        # The cache hooks need a named call; FluxPipeline names its own inside this one.
+        with transformer.cache_context("cond"):
+            yield kind
     finally:
         transformer.disable_cache()
 

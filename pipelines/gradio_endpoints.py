@@ -24,7 +24,8 @@ from presets import PRESETS
 
 SIZE_PARAMETERS = ("image_size", "width", "height")
 # Parameters every generating endpoint takes after its own, in this order; then `loras`
-# where LoRAs apply (last, so that positional callers of older versions are unaffected).
+# where LoRAs apply and `step_cache` (last, so that positional callers of older versions
+# are unaffected).
 SHARED_PARAMETERS = SIZE_PARAMETERS + (
     "num_inference_steps", "guidance_scale", "seed",
     "num_images", "output_format", "output_quality", "enable_safety_checker", "live_preview",
@@ -45,7 +46,7 @@ class Endpoint:
     @property
     def parameters(self) -> tuple[str, ...]:
         shared = SHARED_PARAMETERS if self.sized else SHARED_PARAMETERS[len(SIZE_PARAMETERS):]
-        return self.own_parameters + shared + (("loras",) if self.mode in LORA_MODES else ())
+        return self.own_parameters + shared + (("loras",) if self.mode in LORA_MODES else ()) + ("step_cache",)
 
     @property
     def returns_control_image(self) -> bool:

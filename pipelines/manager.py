@@ -40,8 +40,11 @@ from transformers import (
 )
 
 from pipelines import adapters
+from pipelines.acceleration import apply_profile
 from pipelines.adapters import AdapterState, LoraError, LoraTensors, UserLora
+from pipelines.residency import Swapper, offload
 from pipelines.sources import ModelSources, Placement
+from presets.acceleration import ACCELERATION, Profile
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ MODE_PIPELINES: dict[str, tuple[str, ...]] = {
     "outpaint": ("inpaint",),
     "control": ("control",),
 }
+# The FLUX transformers: what acceleration profiles change and the residency policy may swap.
+TRANSFORMERS = ("transformer", "kontext_transformer", "fill_transformer")
 # What a control request needs beside its pipeline.
 CONTROL_COMPONENTS = {"canny": ("canny_lora",), "depth": ("depth_lora", "depth_estimator", "depth_processor")}
 
@@ -160,8 +165,16 @@ class PipelineManager:
     _mode_switches: int = 0
     _mode_runs: dict[str, int] = field(default_factory=dict)
     max_loras: int = 8
+    # The acceleration profile applied to every FLUX transformer as it loads, and where the
+    # models live: "resident" (all on the accelerator), "swap" (one FLUX transformer at a time,
+    # the others in pinned CPU memory) or "offload" (diffusers' group offloading).
+    acceleration: Profile = field(default_factory=lambda: ACCELERATION.profile("none"))
+    residency: str = "resident"
     _loras: dict[str, UserLora] = field(default_factory=dict)
     _adapters: AdapterState = field(default_factory=AdapterState)
+    _accelerated: dict[str, dict] = field(default_factory=dict)
+    compile_info: dict = field(default_factory=dict)  # the compile cache and warm-up, set at start
+    _swapper: Swapper | None = None
 
     def component(self, name: str) -> Any:
         """The loaded component, loading it on first use."""
@@ -184,13 +197,36 @@ class PipelineManager:
             kwargs["dtype"] = self.placement.dtype
         loaded = spec.loader.from_pretrained(source, **kwargs)
         if spec.module:
-            loaded = loaded.to(self.placement.device).eval().requires_grad_(False)
+            loaded = self._place(name, loaded.eval().requires_grad_(False))
         record = self._records.setdefault(
             name, ComponentRecord(name, source, spec.subfolder or "", type(loaded).__name__)
         )
         record.load_count += 1
         record.load_seconds += time.perf_counter() - started
         return loaded
+
+    def _place(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
+        """Put a loaded module where the residency policy says, and accelerate a transformer."""
+        device = self.placement.device
+        if self.residency == "offload":
+            offload(module, device)
+            return module  # compiled or quantized offloading is untested: offloaded runs as loaded
+        if self.residency == "swap" and name in TRANSFORMERS:
+            if self._swapper is None:
+                self._swapper = Swapper(device)
+            self._swapper.register(name, module, on_device=False)
+            self._swapper.activate(name)
+        else:
+            module = module.to(device)
+        if name in TRANSFORMERS:
+            # The dev transformer carries LoRAs (control and users'): fusion and float8 would
+            # bypass or break them, so its profile skips those and says so.
+            self._accelerated[name] = apply_profile(module, self.acceleration, device, loras=name == "transformer")
+        return module
+
+    def transformer_report(self, name: str) -> dict:
+        """What the acceleration profile did to a transformer (empty before it loads)."""
+        return self._accelerated.get(name, {})
 
     def pipeline(self, name: str) -> Any:
         """A pipeline assembled from the shared components, built once."""
@@ -206,6 +242,10 @@ class PipelineManager:
         if mode in ("inpaint", "outpaint") and self.sources.fill:
             return ("fill",)
         return MODE_PIPELINES[mode]
+
+    def mode_transformer(self, mode: str) -> str:
+        """The FLUX transformer component a mode generates with."""
+        return PIPELINES[self.mode_pipelines(mode)[-1]][1]["transformer"]
 
     def missing_components(self, mode: str, control_type: str | None = None) -> list[str]:
         """Components the mode still has to load (its first request pays for them)."""
@@ -223,6 +263,7 @@ class PipelineManager:
         self._current_mode = mode
         self._mode_runs[mode] = self._mode_runs.get(mode, 0) + 1
         pipes = tuple(self.pipeline(name) for name in self.mode_pipelines(mode))
+        self._activate(self.mode_transformer(mode))
         if pipes[-1].transformer is self._components.get("transformer"):
             self._set_adapters(pipes[-1], control_type if mode == "control" else None, loras)
         return pipes
@@ -233,6 +274,11 @@ class PipelineManager:
             with torch.inference_mode(False):  # tensors made here outlive the request: no inference tensors
                 self._rebuild_adapters(pipe, control)
         adapters.activate(pipe, state, loras)
+
+    def _activate(self, transformer: str) -> None:
+        """Under the "swap" policy, bring the transformer onto the accelerator (the others out)."""
+        if self._swapper is not None and transformer in self._components:
+            self._swapper.activate(transformer)
 
     def _rebuild_adapters(self, pipe, control: str | None) -> None:
         """Restore the base transformer, then apply the control LoRA and the users' LoRAs."""
@@ -266,6 +312,7 @@ class PipelineManager:
             started = time.perf_counter()
             file = adapters.resolve_lora_file(source, weight_name, self.local_files_only, self.token)
             pipe = self.pipeline("text_to_image")
+            self._activate("transformer")
             lora = UserLora(name, source, file, adapters.lora_rank(file), file.stat().st_size, 0.0)
             try:
                 adapters.apply_user_lora(pipe, self._adapters, lora)
@@ -281,6 +328,7 @@ class PipelineManager:
             if name not in self._loras:
                 raise LoraError("name", f"no LoRA named {name!r} is loaded (loaded: {', '.join(self._loras) or 'none'})")
             del self._loras[name]
+            self._activate("transformer")
             self._drop_adapter(self.pipeline("text_to_image"), name)
 
     def _drop_adapter(self, pipe, name: str) -> None:
@@ -336,6 +384,9 @@ class PipelineManager:
         return {
             "demo": self.sources.demo,
             "models": {mode: self.sources.label_for(mode) for mode in MODE_PIPELINES},
+            "acceleration": {"profile": self.acceleration.name, "transformers": dict(self._accelerated),
+                             **self.compile_info},
+            "residency": self._swapper.status() if self._swapper else {"policy": self.residency},
             "loras": {name: lora.status() for name, lora in dict(self._loras).items()},
             "adapters": {"control": self._adapters.control, "applied": list(self._adapters.loras),
                          "rebuilds": self._adapters.rebuilds,

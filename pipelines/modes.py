@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
+from pipelines.acceleration import request_cache, request_cache_kind
 from pipelines.control_maps import canny_map, depth_map
 from pipelines.manager import PipelineManager
 from pipelines.masks import keep_unmasked
@@ -163,11 +164,21 @@ def generate(
         *conditioners, pipe = manager.enter_mode(request.mode, getattr(request, "control_type", None),
                                                  request.loras)
         arguments = ARGUMENTS[request.mode](request, conditioners)
-        return [
-            finish(request, pipe(
-                **arguments,
-                generator=seeded_generator(seed),
-                callback_on_step_end=_step_callback(on_step, index),
-            ).images[0])
-            for index, seed in enumerate(request.seeds())
-        ]
+        with step_caching(manager, request, pipe):
+            return [
+                finish(request, pipe(
+                    **arguments,
+                    generator=seeded_generator(seed),
+                    callback_on_step_end=_step_callback(on_step, index),
+                ).images[0])
+                for index, seed in enumerate(request.seeds())
+            ]
+
+
+def step_caching(manager: PipelineManager, request: GenerationRequest, pipe):
+    """The request's step caching on the pipeline's transformer, off again afterwards."""
+    requested = None if request.step_cache == "auto" else request.step_cache
+    kind = request_cache_kind(manager.acceleration, requested)
+    float8 = manager.transformer_report(manager.mode_transformer(request.mode)).get("float8", False)
+    true_cfg = bool(getattr(request, "negative_prompt", "")) and getattr(request, "true_cfg_scale", 1.0) > 1
+    return request_cache(pipe, kind, float8=float8, true_cfg=true_cfg)

@@ -47,6 +47,8 @@ class GenerationRequest:
     output_quality: int
     enable_safety_checker: bool
     live_preview: bool
+    # Step caching for this request: "auto" (the acceleration profile's default) or a kind.
+    step_cache: str = field(default="auto", kw_only=True)
     # LoRAs applied to the dev transformer, as ((name, weight), ...); none for Kontext.
     loras: tuple[tuple[str, float], ...] = field(default=(), kw_only=True)
     # What validation fixed on the way (an animated image's first frame used, ...).
@@ -176,6 +178,7 @@ def parse_request(mode: str, raw: Mapping[str, Any], offer: ServerOffer = Server
         "output_quality": fields.number("output_quality"),
         "enable_safety_checker": fields.flag("enable_safety_checker"),
         "live_preview": fields.flag("live_preview"),
+        "step_cache": fields.choice("step_cache"),
     }
     if mode in LORA_MODES:
         usable = None if offer.fill and mode in ("inpaint", "outpaint") else offer.loras

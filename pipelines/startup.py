@@ -6,23 +6,62 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipelines.manager import PipelineManager
-from pipelines.sources import ModelSources, pick_placement
+import torch
+
+from pipelines.acceleration import setup_compile_cache, warm_up
+from pipelines.manager import COMPONENTS, PipelineManager
+from pipelines.residency import accelerator_memory, choose_residency, needed_bytes
+from pipelines.sources import ModelSources, Placement, pick_placement
 from pipelines.tiny_family import REPOS, build_tiny_family, default_root
+from presets.acceleration import ACCELERATION, Profile
 
 log = logging.getLogger("flux_playground")
 
 
-def demo_manager(placement, fill: bool = False, max_loras: int = 8) -> PipelineManager:
+def demo_manager(placement, fill: bool = False, max_loras: int = 8, **options) -> PipelineManager:
     """The manager on the tiny random-weight family, built offline on first use. As with the
-    real models, inpainting uses the Fill model only when asked (`fill`)."""
+    real models, inpainting uses the Fill model only when asked (`fill`). `options` go to the
+    manager (acceleration, residency)."""
     folders = dict(build_tiny_family(default_root()))
     if not fill:
         folders.pop("fill", None)
     manager = PipelineManager(ModelSources(fill="").as_demo(folders), placement, local_files_only=True,
-                              max_loras=max_loras)
+                              max_loras=max_loras, **options)
     manager.preload()
     return manager
+
+
+def pick_residency(placement: Placement, sources: ModelSources, override: str | None) -> str:
+    """Where the models live, from the accelerator's free memory and the full-size models'
+    bytes (the demo family fits anywhere); `override` (not "auto") wins."""
+    memory = accelerator_memory(placement.device)
+    if memory is None or sources.demo:
+        return choose_residency(2 ** 62, 0, 2 ** 62, override=override)  # room for everything
+    components = [name for name in COMPONENTS if getattr(sources, COMPONENTS[name].source)]
+    needed, swappable = needed_bytes(components)
+    return choose_residency(*memory[:1], needed, memory[1], swappable_bytes=swappable, override=override)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """ "1024x1024,512x512" as [(1024, 1024), (512, 512)]."""
+    return [tuple(int(side) for side in item.lower().split("x")) for item in text.split(",") if item.strip()]
+
+
+def warm_up_compiled(manager: PipelineManager, sizes: str, compile_cache: dict) -> dict:
+    """Compile text-to-image's transformer blocks now, for `sizes` ("auto": the profile's
+    usual sizes; "off": none), and save the artifacts so a restart loads them from disk."""
+    if not manager.acceleration.compile or sizes == "off":
+        return {}
+    pipe = manager.pipeline("text_to_image")
+    steps = ACCELERATION.compile.warmup_steps
+
+    def run(width: int, height: int):
+        with manager.lock, torch.inference_mode():
+            return pipe(prompt="warm-up", width=width, height=height, num_inference_steps=steps,
+                        output_type="latent")
+
+    chosen = None if sizes == "auto" else parse_sizes(sizes)
+    return warm_up(run, chosen, save_to=compile_cache.get("dir"))
 
 
 def demo_lora_folders(manager: PipelineManager) -> tuple[Path, ...]:
@@ -35,8 +74,19 @@ def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None
     """The real models when they load; otherwise the demo family and the reason why."""
     placement = pick_placement(args.device, args.dtype)
     fill, max_loras = bool(args.fill_model), args.max_loras
+    profile: Profile = ACCELERATION.profile(args.acceleration)
+    # Before anything compiles: inductor's cache folder, and what an earlier run saved there.
+    compile_cache = setup_compile_cache(args.compile_cache) if profile.compile else {}
+    manager, reason = _start(args, placement, fill, max_loras, profile)
+    manager.compile_info = {"cache": compile_cache, "warm_up": warm_up_compiled(manager, args.warm_up, compile_cache)}
+    return manager, reason
+
+
+def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile):
+    options = {"acceleration": profile}
     if args.demo:
-        return demo_manager(placement, fill, max_loras), "started with --demo"
+        residency = pick_residency(placement, ModelSources(demo=True), args.residency)
+        return demo_manager(placement, fill, max_loras, residency=residency, **options), "started with --demo"
     if placement.device.type == "cpu" and args.device == "auto":
         reason = "no CUDA accelerator was found (FLUX.1-dev needs a GPU; pass --device cpu to try anyway)"
     else:
@@ -44,7 +94,8 @@ def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None
             dev=args.dev_model, kontext=args.kontext_model, redux=args.redux_model, safety=args.safety_model,
             fill=args.fill_model, canny_lora=args.canny_lora,
             depth_lora=args.depth_lora, depth=args.depth_model)
-        manager = PipelineManager(sources, placement, max_loras=max_loras)
+        residency = pick_residency(placement, sources, args.residency)
+        manager = PipelineManager(sources, placement, max_loras=max_loras, residency=residency, **options)
         try:
             manager.preload()
             return manager, None
@@ -53,7 +104,8 @@ def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None
     if args.no_demo_fallback:
         raise SystemExit(f"FLUX Playground: {reason}")
     log.warning("FLUX Playground is starting in DEMO mode: %s", reason)
-    return demo_manager(placement, fill, max_loras), reason
+    residency = pick_residency(placement, ModelSources(demo=True), args.residency)
+    return demo_manager(placement, fill, max_loras, residency=residency, **options), reason
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

@@ -42,7 +42,9 @@ class FalBody(BaseModel):
     num_images: int | None = None
     enable_safety_checker: bool | None = None
     output_format: str | None = "jpeg"
-    acceleration: Literal["none", "regular", "high"] = "none"
+    acceleration: Literal["none", "regular", "high"] | None = Field(
+        None, description="Per request: high turns step caching on, none and regular turn it off; compilation "
+                          "and quantization are the server's (--acceleration). Left out: the server's default.")
     image_url: str | None = Field(None, description="Input image: a URL or a data URI (image modes)")
     mask_url: str | None = Field(None, description="Inpainting mask (white is repainted): a URL or a data URI")
     strength: float | None = None
@@ -57,6 +59,8 @@ def fal_error(field: str, message: str, status: int = 422) -> JSONResponse:
 
 def raw_fields(body: FalBody, mode: str, defaults: dict[str, Any], settings: RestSettings) -> dict[str, Any]:
     values = {**defaults, **drop_none(body.model_dump(exclude={"sync_mode", "acceleration", "loras"}))}
+    if body.acceleration is not None:
+        values["step_cache"] = "first_block" if body.acceleration == "high" else "off"
     size = values.pop("image_size", None)
     if isinstance(size, dict):
         values.update(image_size="custom", width=size.get("width"), height=size.get("height"))

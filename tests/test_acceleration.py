@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from pipelines import acceleration, residency
-from pipelines.acceleration import apply_profile, compiled_blocks, request_cache, request_cache_kind
+from pipelines.acceleration import (
+    apply_profile,
+    compiled_blocks,
+    request_cache,
+    request_cache_kind,
+)
 from presets.acceleration import ACCELERATION, GiB, compile_cache_dir, load_acceleration
 
 SIZE, STEPS = 256, 3

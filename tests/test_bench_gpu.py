@@ -41,7 +41,7 @@ def test_gpu_benchmark_tiny_smoke_run(family, tmp_path):
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir(), "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-m", "bench.gpu", "--tiny", "--restart", "--json", str(out),
                            "--compile-cache", str(tmp_path / "compile")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "s/step" in done.stdout and "cold start" in done.stdout and "n/a" in done.stdout
     result = json.loads(out.read_text())
@@ -50,7 +50,7 @@ def test_gpu_benchmark_tiny_smoke_run(family, tmp_path):
     assert set(rows) == {(p, w) for p in ("none", "regular") for w in ("dev", "kontext", "redux")}
     for row in rows.values():
         assert row["s_per_image"] > 0 and row["s_per_step"] > 0 and row["peak_memory_bytes"] is None
-        assert row["speedup_vs_none"] > 0
+        assert row["speedup_vs_none"] > 0 and row["finite"]
         assert row["max_abs_diff_vs_none"] < 1e-3  # regular is lossless; none is the reference itself
     assert rows[("none", "dev")]["max_abs_diff_vs_none"] == 0
     regular = result["profiles"]["regular"]

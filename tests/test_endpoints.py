@@ -106,7 +106,7 @@ def test_api_page_lists_every_endpoint_with_snake_case_parameters(client):
     names = [p["parameter_name"] for p in api["/text_to_image"]["parameters"]]
     assert names == ["prompt", "negative_prompt", "true_cfg_scale", "image_size", "width", "height",
                      "num_inference_steps", "guidance_scale", "seed", "num_images", "output_format",
-                     "output_quality", "enable_safety_checker", "live_preview", "loras"]
+                     "output_quality", "enable_safety_checker", "live_preview", "loras", "step_cache"]
     kontext = [p["parameter_name"] for p in api["/kontext_edit"]["parameters"]]
     assert "loras" not in kontext  # Kontext has its own transformer; dev LoRAs do not apply
     outpaint = [p["parameter_name"] for p in api["/outpaint"]["parameters"]]

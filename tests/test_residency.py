@@ -71,5 +71,7 @@ def test_status_reports_placement_and_sources(client, family):
     assert transformer["source"] == str(family["dev"]) and transformer["subfolder"] == "transformer"
     assert status["components"]["kontext_transformer"]["source"] == str(family["kontext"])
     assert transformer["bytes"] > 0 and transformer["class"] == "FluxTransformer2DModel"
+    # Room for everything: every component stays where it was put, nothing is swapped or offloaded.
+    assert status["residency"] == {"policy": "resident"} and status["acceleration"]["profile"] == "none"
     # gradio_client downloads any dict with a "path" key as a file: status must have none.
     assert '"path"' not in str(status).replace("'", '"')

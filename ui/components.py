@@ -92,6 +92,11 @@ def settings_controls(mode: str, variant: str | None = None) -> dict[str, gr.Com
             for name in ("enable_safety_checker", "live_preview"):
                 flag = PRESETS.flags[name]
                 controls[name] = gr.Checkbox(value=flag.default, label=flag.label, info=flag.info)
+        cache = PRESETS.choices["step_cache"]
+        controls["step_cache"] = Dropdown(list(cache.values), value=cache.default, label=cache.label,
+                                          info="auto: the server's acceleration profile decides (off unless it "
+                                               "is high). Caching skips transformer work on steps that change "
+                                               "little: faster, slightly different.")
         if mode in LORA_MODES:
             controls["loras"] = gr.Textbox(
                 label="LoRAs", placeholder="name:weight, name2:weight", max_lines=1,

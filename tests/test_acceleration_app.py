@@ -1,0 +1,78 @@
+"""Acceleration profiles and residency policies in the served app, driven through gradio_client:
+what `/status` reports, results against the plain profile, step caching per request, LoRAs and
+control on a compiled transformer, and swapping transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, FAST, call, pixels, result_images, running_server
+from gradio_client import Client
+
+REQUEST = {"prompt": "a lighthouse", **FAST, "seed": 21, "enable_safety_checker": False}
+
+
+def t2i(client, **kwargs):
+    return pixels(result_images(call(client, "/text_to_image", **{**REQUEST, **kwargs}))[0])
+
+
+@pytest.fixture(scope="module")
+def regular(family, tmp_path_factory):
+    """The demo app with `--acceleration regular`, compiling 256x256 at start into its own cache."""
+    folder = tmp_path_factory.mktemp("regular")
+    args = ["--acceleration", "regular", "--warm-up", "256x256", "--compile-cache", str(folder / "compile")]
+    with running_server(args, folder / "out") as (_, playground, url):
+        yield Client(url, verbose=False), playground, folder
+
+
+def test_regular_compiles_the_repeated_blocks_and_says_what_it_skipped(regular):
+    client, _, folder = regular
+    status = client.predict(api_name="/status")["acceleration"]
+    assert status["profile"] == "regular"
+    report = status["transformers"]["transformer"]
+    assert "compile" in report["applied"] and "blocks" in report["applied"]["compile"]
+    assert "LoRA" in report["skipped"]["fuse_qkv"]  # the dev transformer carries LoRAs
+    assert status["warm_up"]["sizes"] and status["cache"]["dir"] == str(folder / "compile")
+    assert (folder / "compile" / "mega-cache.bin").is_file()  # a restart loads these
+
+
+def test_regular_matches_none_within_float_tolerance(regular, client):
+    accelerated, plain = t2i(regular[0]), t2i(client)
+    assert np.abs(accelerated - plain).max() <= 2
+
+
+def test_step_caching_is_per_request_and_leaves_no_trace(regular):
+    client = regular[0]
+    request = {**REQUEST, "num_inference_steps": 6}
+    before = t2i(client, **request)
+    cached = call(client, "/text_to_image", **request, step_cache="first_block")
+    assert cached[2]["step_cache"] == "first_block"
+    assert np.array_equal(t2i(client, **request), before)  # the next request runs uncached again
+
+
+def test_loras_and_control_on_the_compiled_transformer(regular):
+    client = regular[0]
+    base = t2i(client)
+    client.predict(source="tiny-style-lora", name=None, api_name="/load_lora")
+    try:
+        assert not np.array_equal(t2i(client, loras="tiny-style-lora:1"), base)
+        control = call(client, "/control", image=EXAMPLE_LAKE, prompt="a castle", **{**FAST, "num_inference_steps": 2})
+        assert result_images(control)[0].size == (256, 256)
+    finally:
+        client.predict(name="tiny-style-lora", api_name="/unload_lora")
+    assert np.array_equal(t2i(client), base)
+
+
+def test_swap_residency_moves_transformers_and_changes_no_pixel(family, tmp_path, client):
+    """One FLUX transformer on the accelerator at a time; the same results as all resident."""
+    kontext = {"image": EXAMPLE_BIRD, "prompt": "make it red", **FAST, "seed": 3, "enable_safety_checker": False}
+    plain = (t2i(client), pixels(result_images(call(client, "/kontext_edit", **kontext))[0]))
+    with running_server(["--residency", "swap"], tmp_path / "out") as (_, _playground, url):
+        swapping = Client(url, verbose=False)
+        assert np.array_equal(t2i(swapping), plain[0])
+        assert np.array_equal(pixels(result_images(call(swapping, "/kontext_edit", **kontext))[0]), plain[1])
+        assert np.array_equal(t2i(swapping), plain[0])  # and back
+        residency = swapping.predict(api_name="/status")["residency"]
+    assert residency["policy"] == "swap" and residency["on_device"] == ["transformer"]
+    assert residency["on_host"] == ["kontext_transformer"]
+    assert residency["swaps_in"]["kontext_transformer"] == 1 and residency["swaps_out"]["kontext_transformer"] == 1
