@@ -122,14 +122,14 @@ def print_table(result: dict) -> None:
     print(f"FLUX Playground benchmark · {result['date']} · {result['machine']} · "
           f"{result['placement']['device']} {result['placement']['dtype']} · "
           f"{result['size']}x{result['size']}, {result['steps']} steps, median of {result['repeats']}")
-    print(f"{'row':<34}{'seconds':>10}{'ratio':>10}")
-    print(f"{'start-up (manager + text-to-image)':<34}{result['startup_s']:>10.3f}")
+    print(f"{'row':<38}{'seconds':>10}{'ratio':>10}")
+    print(f"{'start-up (manager + text-to-image)':<38}{result['startup_s']:>10.3f}")
     for mode, row in result["modes"].items():
-        print(f"{mode + ' steady':<34}{row['steady_s']:>10.3f}")
-        print(f"{mode + ' after a mode switch':<34}{row['after_switch_s']:>10.3f}{row['switch_ratio']:>10.3f}")
+        print(f"{mode + ' steady':<38}{row['steady_s']:>10.3f}")
+        print(f"{mode + ' after a mode switch':<38}{row['after_switch_s']:>10.3f}{row['switch_ratio']:>10.3f}")
     api = result["api"]
-    print(f"{'text_to_image direct execute':<34}{api['direct_s']:>10.3f}")
-    print(f"{'text_to_image via gradio_client':<34}{api['api_s']:>10.3f}{api['api_s'] / api['direct_s']:>10.3f}")
+    print(f"{'text_to_image direct execute':<38}{api['direct_s']:>10.3f}")
+    print(f"{'text_to_image via gradio_client':<38}{api['api_s']:>10.3f}{api['api_s'] / api['direct_s']:>10.3f}")
     print(f"resident bytes {result['resident_bytes']:,} · unique storage bytes {result['unique_resident_bytes']:,} · "
           f"loads {sorted(set(result['load_counts'].values()))}")
 
