@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.images import size_at_area
@@ -34,7 +35,7 @@ from rest.inputs import InputError, load_image_input
 
 # Our field names in OpenAI's vocabulary, for error messages.
 FIELD_NAMES = {"num_images": "n", "output_quality": "output_compression", "width": "size", "height": "size",
-               "image_size": "size"}
+               "image_size": "size", "mask_image": "mask"}
 ONE_MEGAPIXEL = 1024 * 1024
 EDIT_MODES = {"kontext": "kontext_edit", "dev": "image_to_image", "redux": "redux_variation"}
 
@@ -134,6 +135,20 @@ async def _generate(playground, settings, mode: str, raw: dict, response_format:
     return images_response(result, response_format, http, settings)
 
 
+def repaint_mask(data: bytes, settings: RestSettings) -> Image.Image:
+    """OpenAI's mask (a PNG whose fully transparent pixels mark what to edit) as ours (white
+    marks what is repainted). A mask without transparency edits nothing, and says so."""
+    mask = load_image_input(data, "mask", settings.fetch)
+    try:
+        alpha = mask.convert("RGBA").getchannel("A")
+    except (OSError, ValueError) as error:
+        raise InputError("mask", f"mask could not be read as an image ({error})") from None
+    if alpha.getextrema()[0] == 255:
+        raise InputError("mask", "mask has no transparent pixels: make transparent the area to edit "
+                                 "(as OpenAI's images.edit takes it)")
+    return ImageOps.invert(alpha)
+
+
 def numeric(value: Any) -> Any:
     """A multipart form value as a number when it reads as one (forms carry only text)."""
     if isinstance(value, str):
@@ -174,25 +189,29 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
     @router.post("/images/edits")
     async def edit_image(http: Request):
         """Edit an uploaded image (OpenAI `images.edit`, multipart): Kontext by default; with
-        model flux.1-dev, image-to-image (`strength`); with flux.1-redux-dev, variations."""
+        model flux.1-dev, image-to-image (`strength`); with flux.1-redux-dev, variations; with a
+        `mask` (transparent where the image changes, as OpenAI's), inpainting."""
         form = await http.form()
         values = {key: numeric(value) for key, value in form.items() if not hasattr(value, "read")}
         uploads = [value for key, value in form.multi_items() if key in ("image", "image[]") and hasattr(value, "read")]
         try:
             model = resolve_model(str(values.get("model") or "flux.1-kontext-dev"))
-            if "mask" in form:
-                raise InputError("mask", "mask is not supported: this server edits by instruction (Kontext)")
+            mode = EDIT_MODES[model]
             if not uploads:
                 raise InputError("image", "image is required: upload the image to edit")
             raw = shared_fields(values)
             if values.get("size") in (None, "auto"):
                 raw["image_size"] = "match_input"
             raw["image"] = load_image_input(await uploads[0].read(), "image", settings.fetch)
+            if hasattr(form.get("mask"), "read"):
+                if model == "redux":
+                    raise InputError("mask", "mask: Redux makes variations of the whole image; inpaint with "
+                                             "flux.1-dev or flux.1-kontext-dev")
+                mode, raw["mask_image"] = "inpaint", repaint_mask(await form["mask"].read(), settings)
         except UnknownModel as error:
             return openai_error(404, str(error), "model", "model_not_found")
         except InputError as error:
             return openai_error(400, str(error), error.field)
-        return await _generate(playground, settings, EDIT_MODES[model], raw,
-                               str(values.get("response_format") or "url"), http)
+        return await _generate(playground, settings, mode, raw, str(values.get("response_format") or "url"), http)
 
     return router

@@ -99,3 +99,25 @@ def test_empty_prompt_and_missing_image_are_refused(sdk, base_url):
         sdk.images.generate(model="flux.1-dev", prompt="  ")
     response = requests.post(base_url + "v1/images/edits", data={"prompt": "x"}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["param"] == "image"
+
+
+def test_edit_with_a_mask_inpaints_where_the_mask_is_transparent(sdk, tmp_path):
+    import numpy as np
+
+    photo = Image.open(EXAMPLE_BIRD).convert("RGB").resize((256, 256))
+    photo.save(tmp_path / "photo.png")
+    mask = Image.new("RGBA", (256, 256), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 128, 256))  # OpenAI's convention: transparent is edited
+    mask.save(tmp_path / "mask.png")
+    with open(tmp_path / "photo.png", "rb") as image, open(tmp_path / "mask.png", "rb") as mask_file:
+        response = sdk.images.edit(model="flux.1-dev", image=image, mask=mask_file, prompt="a red sky",
+                                   response_format="b64_json", extra_body={**FAST, "seed": 4})
+    edited = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.data[0].b64_json))).convert("RGB"))
+    kept = np.asarray(photo)
+    assert edited.shape == (256, 256, 3)
+    assert np.array_equal(edited[:, 128:], kept[:, 128:])  # the opaque half is the input's
+    assert np.abs(edited[:, :100].astype(int) - kept[:, :100]).mean() > 10
+    opaque = io.BytesIO()
+    Image.new("RGBA", (256, 256), (0, 0, 0, 255)).save(opaque, format="PNG")
+    with open(tmp_path / "photo.png", "rb") as image, pytest.raises(openai.BadRequestError, match="no transparent"):
+        sdk.images.edit(model="flux.1-dev", image=image, mask=("mask.png", opaque.getvalue()), prompt="x")
