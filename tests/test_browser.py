@@ -170,3 +170,17 @@ def test_a_lora_loaded_in_its_tab_applies_by_name(page, client):
         page.locator(".tabitem:visible").get_by_label("LoRAs").fill("")
         for name in client.predict(api_name="/status")["loras"]:
             client.predict(name=name, api_name="/unload_lora")
+
+
+def test_outpaint_extends_the_image(page):
+    panel = open_tab(page, "Outpaint")
+    panel.locator("input[type=file]").first.set_input_files(str(REPO / EXAMPLE_LAKE))
+    panel.locator("img").first.wait_for()
+    panel.get_by_label("Prompt").first.fill("a wide mountain panorama")
+    panel.get_by_label("Right").first.fill("256")
+    panel.get_by_label("Steps").first.fill("3")
+    generate(page, panel, "outpaint")
+    # 768x512 grown by 256 px on the right: the result shown is the 1024x512 canvas.
+    page.wait_for_function("panel => [...panel.querySelectorAll('img')].some("
+                           "img => img.naturalWidth === 1024 && img.naturalHeight === 512)",
+                           arg=panel.element_handle())
