@@ -49,8 +49,9 @@ def test_a_lora_applies_by_name_and_weight_and_unloads_to_the_exact_base(client,
 
 
 def test_two_loras_at_once_and_in_every_dev_mode(client, loaded):
+    base = t2i(client)
     loaded(STYLE)
-    loaded(KOHYA, name="kohya")
+    loaded(KOHYA, name="kohya")  # it has a CLIP text-encoder LoRA too
     one = t2i(client, loras="tiny-style-lora:1")
     both = t2i(client, loras="tiny-style-lora:1, kohya:0.8")
     assert not np.array_equal(one, both)
@@ -61,6 +62,9 @@ def test_two_loras_at_once_and_in_every_dev_mode(client, loaded):
         with_lora = call(client, api_name, **{**REQUEST, **extra}, loras="kohya:1")
         without = call(client, api_name, **{**REQUEST, **extra})
         assert not np.array_equal(pixels(result_images(with_lora)[0]), pixels(result_images(without)[0])), api_name
+    for name in ("tiny-style-lora", "kohya"):
+        client.predict(name=name, api_name="/unload_lora")
+    assert np.array_equal(t2i(client), base)  # the text encoder is back as it was, too
 
 
 def test_lora_mistakes_name_the_field(client, loaded):
