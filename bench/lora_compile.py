@@ -6,7 +6,8 @@ Loads the demo family's two style LoRAs onto the dev transformer of a manager wi
 acceleration profile, then runs a sequence of text-to-image requests that switch LoRAs and
 weights, printing for each its seconds and how many graphs dynamo compiled for it. It shows
 what a LoRA switch costs when the transformer's blocks are compiled: a new set of active
-adapters compiles once, a set seen before and a new weight (after the first) compile nothing.
+adapters compiles once, a set seen before and a new weight (after the first) compile nothing,
+also when control mode's LoRA has been put on and taken off in between.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Each request's `loras` field, in order.
-SEQUENCE = ("", "a:1", "a:0.5", "a:0.7", "b:1", "a:1", "a:1, b:0.5", "", "a:0.3", "a:1, b:0.5")
+# Each request's mode and `loras` field, in order. Control puts its LoRA on the transformer
+# and takes everything off again when another mode runs (the adapters are rebuilt).
+SEQUENCE = (
+    ("text_to_image", ""), ("text_to_image", "a:1"), ("text_to_image", "a:0.5"), ("text_to_image", "a:0.7"),
+    ("text_to_image", "b:1"), ("text_to_image", "a:1"), ("text_to_image", "a:1, b:0.5"), ("text_to_image", ""),
+    ("text_to_image", "a:0.3"), ("text_to_image", "a:1, b:0.5"),
+    ("control", ""), ("text_to_image", "a:1"), ("control", ""), ("text_to_image", "a:1"), ("control", "a:1"),
+    ("text_to_image", ""), ("control", "a:1"), ("text_to_image", ""),
+)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -51,18 +59,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     print(f"LoRA switches on a compiled transformer · profile {args.profile} · {args.size}x{args.size}, "
           f"{args.steps} steps")
-    print(f"{'loras':<16}{'seconds':>10}{'new graphs':>12}")
-    for loras_field in SEQUENCE:
+    print(f"{'mode':<16}{'loras':<16}{'seconds':>10}{'new graphs':>12}")
+    for mode, loras_field in SEQUENCE:
         raw = {"prompt": "a lighthouse", "image_size": "custom", "width": args.size, "height": args.size,
                "num_inference_steps": args.steps, "seed": 1, "loras": loras_field}
-        request = parse_request("text_to_image", raw, ServerOffer(loras=manager.lora_names()))
+        if mode == "control":
+            raw["image"] = str(REPO / "presets" / "examples" / "lake_sunset.jpg")
+        request = parse_request(mode, raw, ServerOffer(loras=manager.lora_names()))
         graphs = counters["stats"]["unique_graphs"]
         started = time.perf_counter()
         generate(manager, request)
-        row = {"loras": loras_field, "seconds": time.perf_counter() - started,
+        row = {"mode": mode, "loras": loras_field, "seconds": time.perf_counter() - started,
                "new_graphs": counters["stats"]["unique_graphs"] - graphs}
         rows.append(row)
-        print(f"{repr(loras_field):<16}{row['seconds']:>10.2f}{row['new_graphs']:>12}")
+        print(f"{mode:<16}{repr(loras_field):<16}{row['seconds']:>10.2f}{row['new_graphs']:>12}")
     return rows
 
 
