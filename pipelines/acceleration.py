@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from pipelines.residency import tensor_bytes
 from presets.acceleration import (
     ACCELERATION,
     CACHE_KINDS,
@@ -38,10 +39,6 @@ MEGA_CACHE_FILE = "mega-cache.bin"
 
 class Skipped(Exception):
     """A speed-up that does not apply here; the message says why."""
-
-
-def tensor_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
 # --- the global part: applied once per transformer ------------------------------------------

@@ -42,7 +42,7 @@ from transformers import (
 from pipelines import adapters
 from pipelines.acceleration import apply_profile
 from pipelines.adapters import AdapterState, LoraError, LoraTensors, UserLora
-from pipelines.residency import Swapper, offload
+from pipelines.residency import Swapper, offload, tensor_bytes, unique_tensor_bytes
 from pipelines.sources import ModelSources, Placement
 from presets.acceleration import ACCELERATION, Profile
 
@@ -131,22 +131,6 @@ class ComponentRecord:
     class_name: str
     load_count: int = 0
     load_seconds: float = 0.0
-
-
-def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def unique_tensor_bytes(modules: list[torch.nn.Module]) -> int:
-    """Bytes of the distinct storages behind the modules: shared or copied weights show here."""
-    seen: dict[tuple[str, int], int] = {}
-    for module in modules:
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            storage = tensor.untyped_storage()
-            seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
-    return sum(seen.values())
 
 
 @dataclass

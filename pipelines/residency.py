@@ -32,6 +32,22 @@ FULL_SIZE_BYTES = {
 }
 
 
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def unique_tensor_bytes(modules: list[torch.nn.Module]) -> int:
+    """Bytes of the distinct storages behind the modules: shared or copied weights show here."""
+    seen: dict[tuple[str, int], int] = {}
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            storage = tensor.untyped_storage()
+            seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
+
+
 def needed_bytes(components: list[str]) -> tuple[int, int]:
     """(all, swappable) full-size bytes of the given components: swappable are the FLUX
     transformers but the largest, which may wait on the CPU under the "swap" policy."""

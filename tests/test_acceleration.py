@@ -263,7 +263,7 @@ def test_swap_round_trip_is_exact_and_counted(fresh, plain):
     assert swapper.activate("kontext_transformer") > 0  # the dev transformer leaves
     assert swapper.on_device() == ["kontext_transformer"]
     host_bytes = swapper.status()["host_copy_bytes"]
-    assert host_bytes == acceleration.tensor_bytes(dev.transformer)
+    assert host_bytes == residency.tensor_bytes(dev.transformer)
     swapper.activate("transformer")
     swapper.activate("kontext_transformer")
     assert swapper.activate("kontext_transformer") == 0.0  # already there: nothing moves
