@@ -18,7 +18,13 @@ import gradio as gr
 
 from pipelines.fetch import InputError
 from pipelines.previews import preview_image, should_preview
-from pipelines.requests import LORA_MODES, RequestError, parse_request, with_seed
+from pipelines.requests import (
+    LORA_MODES,
+    RequestError,
+    ServerOffer,
+    parse_request,
+    with_seed,
+)
 from pipelines.service import GenerationError, Playground, arrival_time
 from presets import PRESETS
 
@@ -136,7 +142,7 @@ class QueueGate:
 BUSY = "The server is busy: too many requests are waiting. Please try again in a moment."
 
 
-def make_validator(mode: str, gate: QueueGate | None = None, offer: Callable | None = None) -> Callable:
+def make_validator(mode: str, gate: QueueGate | None = None, offer: Callable[[], ServerOffer] = ServerOffer) -> Callable:
     """A gradio `validator=` for a mode's endpoint: it runs when the request is queued, before
     any accelerator time, marks each invalid field with a message naming its range, and turns
     requests away with a clear "busy" when too many are waiting. `offer()` says what the
@@ -146,7 +152,7 @@ def make_validator(mode: str, gate: QueueGate | None = None, offer: Callable | N
     def validate(*values):
         problems: dict[str, str] = {}
         try:
-            parse_request(mode, dict(zip(names, values, strict=True)), *([offer()] if offer else []))
+            parse_request(mode, dict(zip(names, values, strict=True)), offer())
         except RequestError as error:
             for problem in error.errors:
                 problems[problem.field] = "; ".join(filter(None, [problems.get(problem.field), problem.message]))
@@ -247,7 +253,7 @@ def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
             playground.load_lora(source, name)
         except InputError as error:
             raise gr.Error(str(error), title="LoRA not loaded") from None
-        return playground.manager.status()["loras"]
+        return playground.manager.lora_status()
 
     def unload_lora(name: str) -> dict[str, Any]:
         """Take a loaded LoRA off the FLUX.1 [dev] transformer."""
@@ -255,7 +261,7 @@ def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
             playground.unload_lora(name)
         except InputError as error:
             raise gr.Error(str(error), title="LoRA not unloaded") from None
-        return playground.manager.status()["loras"]
+        return playground.manager.lora_status()
 
     return load_lora, unload_lora
 

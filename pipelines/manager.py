@@ -281,20 +281,25 @@ class PipelineManager:
     def lora_names(self) -> frozenset[str]:
         return frozenset(self._loras)
 
+    def lora_status(self) -> dict[str, dict]:
+        """The loaded LoRAs, by name (what `/status` lists under "loras")."""
+        return {name: lora.status() for name, lora in dict(self._loras).items()}
+
     def load_lora(self, source: str, name: str | None = None, weight_name: str | None = None) -> UserLora:
         """Load a LoRA (a file, a folder or a hub repository) onto the dev transformer as
         adapter `name`. It stays inactive until a request names it."""
         name = adapters.clean_name(name) if name else adapters.lora_name(weight_name or source)
         if not name:
             raise LoraError("name", "name must contain letters, digits, - or _")
+        started = time.perf_counter()
+        # A hub download happens here, before the accelerator lock: generation goes on meanwhile.
+        file = adapters.resolve_lora_file(source, weight_name, self.local_files_only, self.token)
         with self.lock:
             if name in self._loras:
                 raise LoraError("name", f"a LoRA named {name!r} is loaded already; unload it or choose another name")
             if len(self._loras) >= self.max_loras:
                 raise LoraError("source", f"{self.max_loras} LoRAs are loaded, the most this server keeps; "
                                           "unload one first")
-            started = time.perf_counter()
-            file = adapters.resolve_lora_file(source, weight_name, self.local_files_only, self.token)
             pipe = self.pipeline("text_to_image")
             self._activate("transformer")
             lora = UserLora(name, source, file, adapters.lora_rank(file), file.stat().st_size, 0.0)
@@ -371,7 +376,7 @@ class PipelineManager:
             "acceleration": {"profile": self.acceleration.name, "transformers": dict(self._accelerated),
                              **self.compile_info},
             "residency": self._swapper.status() if self._swapper else {"policy": self.residency},
-            "loras": {name: lora.status() for name, lora in dict(self._loras).items()},
+            "loras": self.lora_status(),
             "adapters": {"control": self._adapters.control, "applied": list(self._adapters.loras),
                          "rebuilds": self._adapters.rebuilds,
                          "rebuild_seconds": round(self._adapters.rebuild_seconds, 3)},

@@ -21,7 +21,6 @@ from rest.inputs import InputError, load_image_input
 # Our field names in fal's vocabulary, for error messages.
 FIELD_NAMES = {"image": "image_url", "mask_image": "mask_url", "width": "image_size", "height": "image_size",
                "source": "loras"}
-ACCELERATIONS = ("none", "regular", "high")
 
 
 class LoraWeight(BaseModel):
@@ -76,7 +75,7 @@ def raw_fields(body: FalBody, mode: str, defaults: dict[str, Any], settings: Res
 def lora_names(playground, loras: list[LoraWeight]) -> list[tuple[str, float]]:
     """fal's `loras` as (loaded name, scale): each path is a loaded LoRA's name or source, or is
     loaded now (and stays loaded for the next request that names it)."""
-    loaded = playground.manager.status()["loras"]
+    loaded = playground.manager.lora_status()
     by_source = {entry["source"]: name for name, entry in loaded.items()}
     pairs = []
     for lora in loras:

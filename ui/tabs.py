@@ -148,10 +148,9 @@ def control_inputs() -> dict[str, gr.Component]:
                               info="Canny follows the edges; Depth follows near and far."),
         "preprocess": gr.Checkbox(value=preprocess.default, label=preprocess.label, info=preprocess.info),
     }
-    with gr.Row(visible=kind.default == "canny") as canny_row:
-        controls["canny_low_threshold"] = slider("canny_low_threshold")
-        controls["canny_high_threshold"] = slider("canny_high_threshold")
-    controls["_canny_row"] = canny_row
+    with gr.Row():
+        for name in CANNY_FIELDS:
+            controls[name] = slider(name, visible=kind.default == "canny")
     return controls
 
 
@@ -160,27 +159,27 @@ def control_inputs() -> dict[str, gr.Component]:
 # who leaves them out gets the defaults of the control type asked for; the page fills them in
 # when it loads and whenever the control type changes.
 VARIANT_FIELDS = ("guidance_scale", "num_inference_steps")
+CANNY_FIELDS = ("canny_low_threshold", "canny_high_threshold")  # shown for Canny only
 
 
 def follow_control_type(controls: dict) -> None:
-    canny_row = controls.pop("_canny_row")
     for name in VARIANT_FIELDS:
         controls[name].value = None
     controls["control_type"].change(control_type_defaults, controls["control_type"],
-                                    [canny_row, *(controls[name] for name in VARIANT_FIELDS)],
+                                    [controls[name] for name in (*CANNY_FIELDS, *VARIANT_FIELDS)],
                                     api_visibility="private", queue=False)
 
 
 def control_type_defaults(kind: str) -> tuple:
-    """The canny row's visibility and the control type's guidance and steps."""
+    """The Canny thresholds' visibility and the control type's guidance and steps."""
     kind = kind if kind in PRESETS.choices["control_type"].values else PRESETS.choices["control_type"].default
-    return (gr.Row(visible=kind == "canny"),
+    return (*(gr.Slider(visible=kind == "canny") for _ in CANNY_FIELDS),
             *(PRESETS.default(name, "control", kind) for name in VARIANT_FIELDS))
 
 
 def fill_control_defaults(page: gr.Blocks, controls: dict) -> None:
     """Give the control tab's empty sliders the defaults of its control type when the page loads."""
-    page.load(lambda kind: control_type_defaults(kind)[1:], controls["control_type"],
+    page.load(lambda kind: control_type_defaults(kind)[len(CANNY_FIELDS):], controls["control_type"],
               [controls[name] for name in VARIANT_FIELDS], api_visibility="private", queue=False)
 
 
@@ -222,7 +221,7 @@ def lora_tab(playground: Playground) -> None:
             # Unchecked: the choices change as LoRAs load; the manager says when a name is unknown.
             loaded_names = Dropdown(sorted(playground.manager.lora_names()), label="Loaded LoRA", scale=3)
             unload = gr.Button("Unload", scale=1)
-        loaded = gr.JSON(label="Loaded LoRAs", value=playground.manager.status()["loras"], elem_id="loaded-loras")
+        loaded = gr.JSON(label="Loaded LoRAs", value=playground.manager.lora_status(), elem_id="loaded-loras")
     load_lora, unload_lora = make_lora_endpoints(playground)
 
     def names():
