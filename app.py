@@ -24,6 +24,7 @@ from pipelines.results import ResultStore
 from pipelines.safety import SafetyChecker
 from pipelines.service import ArrivalStamp, Playground
 from pipelines.startup import demo_lora_folders, limit_malloc_arenas, start_manager
+from presets import PRESETS
 from rest import add_rest_api
 from rest.common import RestSettings
 from ui import build_ui
@@ -59,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="LoRAs that may be loaded at once (env FLUX_MAX_LORAS)")
     parser.add_argument("--max-lora-mb", type=float, default=float(env("FLUX_MAX_LORA_MB", "2048")),
                         help="largest LoRA file fetched from a URL (env FLUX_MAX_LORA_MB)")
+    parser.add_argument("--lora-rank", type=int, default=int(env("FLUX_LORA_RANK", str(PRESETS.loras.compiled_rank))),
+                        help="with a compiled transformer (acceleration regular or high), the rank of the one "
+                             "adapter a request's LoRAs are hot-swapped into: their ranks may add up to this "
+                             "(env FLUX_LORA_RANK)")
     parser.add_argument("--acceleration", default=env("FLUX_ACCELERATION", "none"), choices=("none", "regular", "high"),
                         help="none: bf16 eager, the plain diffusers result; regular: regional torch.compile, the best "
                              "attention backend, fused QKV (lossless); high: regular + float8 (CUDA >= 8.9) + step "

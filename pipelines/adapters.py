@@ -6,6 +6,7 @@ latents) and overwrite some norms; diffusers' `unload_lora_weights(reset_to_over
 True)` restores both exactly, and is the only way back. So a change of control state unloads
 every adapter, restores the base transformer, and applies again what the next request needs:
 the control LoRA (from tensors kept on the CPU) first, then the users' LoRAs (from their files).
+With a compiled transformer the users' LoRAs share one hot-swapped adapter (`lora_slot`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from pipelines.lora_slot import SLOT, LoraSlot, SlotError
+
 # PEFT keeps adapters in module dicts: names may not contain dots.
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 CONTROL_ADAPTER = "control_{}"
+RESERVED_NAMES = frozenset({SLOT, CONTROL_ADAPTER.format("canny"), CONTROL_ADAPTER.format("depth")})
 
 
 class LoraError(ValueError):
@@ -126,6 +130,13 @@ class AdapterState:
     loras: list[str] = field(default_factory=list)  # user LoRAs present as adapters
     rebuilds: int = 0  # times the base transformer was restored and adapters applied again
     rebuild_seconds: float = 0.0
+    slot: LoraSlot | None = None  # with a compiled transformer: the users' LoRAs share this adapter
+
+    def status(self) -> dict[str, Any]:
+        return {"control": self.control, "applied": list(self.loras), "rebuilds": self.rebuilds,
+                "rebuild_seconds": round(self.rebuild_seconds, 3),
+                "method": "hot-swap slot" if self.slot else "one adapter per LoRA",
+                **({"slot": self.slot.status()} if self.slot else {})}
 
 
 def restore_base(pipe, state: AdapterState) -> None:
@@ -133,6 +144,8 @@ def restore_base(pipe, state: AdapterState) -> None:
     if state.control is not None or state.loras:
         pipe.unload_lora_weights(reset_to_overwritten_params=True)
     state.control, state.loras = None, []
+    if state.slot:
+        state.slot.forget()
 
 
 def apply_control(pipe, state: AdapterState, control: str, tensors: LoraTensors) -> None:
@@ -141,13 +154,39 @@ def apply_control(pipe, state: AdapterState, control: str, tensors: LoraTensors)
 
 
 def apply_user_lora(pipe, state: AdapterState, lora: UserLora) -> None:
+    """Load a user's LoRA as adapter `lora.name`; with a slot, its transformer part goes into
+    the slot's keeping (the slot is made first, so the layers are wrapped once, by it)."""
+    if state.slot:
+        state.slot.create(pipe.transformer)
     pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name, adapter_name=lora.name)
     state.loras.append(lora.name)
+    if state.slot:
+        try:
+            lora.rank = state.slot.fold(pipe.transformer, lora.name).rank
+        except SlotError as error:
+            raise LoraError("source", f"{lora.name} cannot be applied to the compiled transformer: {error}") from None
+
+
+def drop_user_lora(pipe, state: AdapterState, name: str) -> None:
+    """Take a user's LoRA off (its adapters on the transformer or the text encoder, its factors)."""
+    if any(name in names for names in pipe.get_list_adapters().values()):
+        pipe.delete_adapters(name)
+    if name in state.loras:
+        state.loras.remove(name)
+    if state.slot:
+        state.slot.loras.pop(name, None)
+        state.slot.holding = None  # what it holds may include the LoRA: filled again on next use
+    if not state.loras and state.control is None:
+        pipe.unload_lora_weights()  # no adapters left: take the PEFT layers off too
+        if state.slot:
+            state.slot.forget()
 
 
 def activate(pipe, state: AdapterState, weights: tuple[tuple[str, float], ...]) -> None:
     """Make exactly the control adapter (weight 1) and the requested LoRAs active; with none
     of either, turn adapters off, so the transformer computes what the base model does."""
+    if state.slot:
+        return activate_slot(pipe, state, weights)
     names = ([CONTROL_ADAPTER.format(state.control)] if state.control else []) + [name for name, _ in weights]
     values = ([1.0] if state.control else []) + [weight for _, weight in weights]
     if not names:
@@ -156,3 +195,36 @@ def activate(pipe, state: AdapterState, weights: tuple[tuple[str, float], ...]) 
         return
     pipe.enable_lora()
     pipe.set_adapters(names, adapter_weights=values)
+
+
+def activate_slot(pipe, state: AdapterState, weights: tuple[tuple[str, float], ...]) -> None:
+    """`activate` with a slot: the request's LoRAs are hot-swapped into the slot, which is
+    active at weight 1 beside the control adapter; text-encoder parts are their own adapters."""
+    from diffusers.loaders.lora_base import (
+        disable_lora_for_text_encoder,
+        enable_lora_for_text_encoder,
+        set_adapters_for_text_encoder,
+    )
+
+    encoder_adapters = set(pipe.get_list_adapters().get("text_encoder", []))
+    encoder_weights = [(name, weight) for name, weight in weights if name in encoder_adapters]
+    if encoder_weights:
+        enable_lora_for_text_encoder(pipe.text_encoder)
+        set_adapters_for_text_encoder([n for n, _ in encoder_weights], pipe.text_encoder,
+                                      [w for _, w in encoder_weights])
+    elif encoder_adapters:
+        disable_lora_for_text_encoder(pipe.text_encoder)
+    transformer = pipe.transformer
+    names = [CONTROL_ADAPTER.format(state.control)] if state.control else []
+    if weights:
+        try:
+            state.slot.fill(transformer, weights)
+        except SlotError as error:
+            raise LoraError("loras", f"loras: {error}") from None
+        names.append(SLOT)
+    if not names:
+        if state.slot.created:
+            transformer.disable_lora()
+        return
+    transformer.enable_lora()
+    transformer.set_adapters(names, [1.0] * len(names))

@@ -162,10 +162,12 @@ class FieldReader:
             return (0, 0)
         return match_input(*image.size)
 
-    def loras(self, name: str, loaded: frozenset[str] | None) -> tuple[tuple[str, float], ...]:
+    def loras(self, name: str, loaded: frozenset[str] | None, ranks: Mapping[str, int] | None = None,
+              rank_limit: int | None = None) -> tuple[tuple[str, float], ...]:
         """LoRAs to apply, as ((name, weight), ...): from "name" or "name:weight" items, comma
         separated, or a list of [name, weight] pairs or {"name", "weight"} objects. Each must
-        name a loaded LoRA (`loaded`; None: LoRAs are not available in this mode)."""
+        name a loaded LoRA (`loaded`; None: LoRAs are not available in this mode), and their
+        `ranks` may add up to `rank_limit` at most (a compiled transformer's LoRA slot)."""
         value = self.raw.get(name)
         if value in (None, "", []):
             return ()
@@ -189,6 +191,10 @@ class FieldReader:
             offer = ", ".join(sorted(loaded)) or "none yet"
             problems.append(f"no LoRA named {', '.join(map(repr, unknown))} is loaded (loaded: {offer}; "
                             "load one with /load_lora)")
+        total_rank = sum((ranks or {}).get(lora, 0) for lora in set(names))
+        if rank_limit is not None and total_rank > rank_limit:
+            problems.append(f"the ranks of {', '.join(map(repr, names))} add up to {total_rank}; on this server's "
+                            f"compiled transformer a request's LoRAs may add up to rank {rank_limit} (--lora-rank)")
         for lora, weight in pairs:
             if not (math.isfinite(weight) and limits.min_weight <= weight <= limits.max_weight):
                 problems.append(f"the weight of {lora!r} must be a number from {format_number(limits.min_weight)} "

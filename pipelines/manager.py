@@ -42,8 +42,10 @@ from transformers import (
 from pipelines import adapters
 from pipelines.acceleration import apply_profile
 from pipelines.adapters import AdapterState, LoraError, LoraTensors, UserLora
+from pipelines.lora_slot import LoraSlot
 from pipelines.residency import Swapper, offload, tensor_bytes, unique_tensor_bytes
 from pipelines.sources import ModelSources, Placement
+from presets import PRESETS
 from presets.acceleration import ACCELERATION, Profile
 
 
@@ -149,6 +151,8 @@ class PipelineManager:
     _mode_switches: int = 0
     _mode_runs: dict[str, int] = field(default_factory=dict)
     max_loras: int = 8
+    # With a compiled dev transformer the users' LoRAs share one adapter of this rank.
+    lora_rank: int = field(default_factory=lambda: PRESETS.loras.compiled_rank)
     # The acceleration profile applied to every FLUX transformer as it loads, and where the
     # models live: "resident" (all on the accelerator), "swap" (one FLUX transformer at a time,
     # the others in pinned CPU memory) or "offload" (diffusers' group offloading).
@@ -206,6 +210,8 @@ class PipelineManager:
             # The dev transformer carries LoRAs (control and users'): fusion and float8 would
             # bypass or break them, so its profile skips those and says so.
             self._accelerated[name] = apply_profile(module, self.acceleration, device, loras=name == "transformer")
+            if name == "transformer" and "compile" in self._accelerated[name]["applied"]:
+                self._adapters.slot = LoraSlot(self.lora_rank)  # LoRA switches must not recompile
         return module
 
     def transformer_report(self, name: str) -> dict:
@@ -254,10 +260,10 @@ class PipelineManager:
 
     def _set_adapters(self, pipe, control: str | None, loras: tuple[tuple[str, float], ...]) -> None:
         state = self._adapters
-        if state.control != control:  # only a full restore takes a control LoRA off
-            with torch.inference_mode(False):  # tensors made here outlive the request: no inference tensors
+        with torch.inference_mode(False):  # tensors made here outlive the request: no inference tensors
+            if state.control != control:  # only a full restore takes a control LoRA off
                 self._rebuild_adapters(pipe, control)
-        adapters.activate(pipe, state, loras)
+            adapters.activate(pipe, state, loras)
 
     def _activate(self, transformer: str) -> None:
         """Under the "swap" policy, bring the transformer onto the accelerator (the others out)."""
@@ -291,6 +297,8 @@ class PipelineManager:
         name = adapters.clean_name(name) if name else adapters.lora_name(weight_name or source)
         if not name:
             raise LoraError("name", "name must contain letters, digits, - or _")
+        if name in adapters.RESERVED_NAMES:
+            raise LoraError("name", f"{name!r} is the name of an adapter of the server's own; choose another name")
         started = time.perf_counter()
         # A hub download happens here, before the accelerator lock: generation goes on meanwhile.
         file = adapters.resolve_lora_file(source, weight_name, self.local_files_only, self.token)
@@ -304,9 +312,10 @@ class PipelineManager:
             self._activate("transformer")
             lora = UserLora(name, source, file, adapters.lora_rank(file), file.stat().st_size, 0.0)
             try:
-                adapters.apply_user_lora(pipe, self._adapters, lora)
+                with torch.inference_mode(False):
+                    adapters.apply_user_lora(pipe, self._adapters, lora)
             except Exception:
-                self._drop_adapter(pipe, name)
+                adapters.drop_user_lora(pipe, self._adapters, name)
                 raise
             lora.load_seconds = time.perf_counter() - started
             self._loras[name] = lora
@@ -318,16 +327,12 @@ class PipelineManager:
                 raise LoraError("name", f"no LoRA named {name!r} is loaded (loaded: {', '.join(self._loras) or 'none'})")
             del self._loras[name]
             self._activate("transformer")
-            self._drop_adapter(self.pipeline("text_to_image"), name)
+            adapters.drop_user_lora(self.pipeline("text_to_image"), self._adapters, name)
 
-    def _drop_adapter(self, pipe, name: str) -> None:
-        state = self._adapters
-        if name in pipe.get_list_adapters().get("transformer", []):
-            pipe.delete_adapters(name)
-        if name in state.loras:
-            state.loras.remove(name)
-        if not state.loras and state.control is None:
-            pipe.unload_lora_weights()  # no adapters left: take the PEFT layers off too
+    def lora_ranks(self) -> tuple[dict[str, int], int | None]:
+        """The loaded LoRAs' ranks, and the most they may add up to in one request (None: no limit)."""
+        limit = self._adapters.slot.rank if self._adapters.slot else None
+        return {name: lora.rank or 0 for name, lora in dict(self._loras).items()}, limit
 
     def preload(self, modes: tuple[str, ...] = ("text_to_image",)) -> None:
         """Load what the given modes need now rather than on their first request."""
@@ -377,9 +382,7 @@ class PipelineManager:
                              **self.compile_info},
             "residency": self._swapper.status() if self._swapper else {"policy": self.residency},
             "loras": self.lora_status(),
-            "adapters": {"control": self._adapters.control, "applied": list(self._adapters.loras),
-                         "rebuilds": self._adapters.rebuilds,
-                         "rebuild_seconds": round(self._adapters.rebuild_seconds, 3)},
+            "adapters": self._adapters.status(),
             "device": str(self.placement.device),
             "dtype": str(self.placement.dtype).removeprefix("torch."),
             "components": components,

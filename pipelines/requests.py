@@ -127,6 +127,9 @@ class ServerOffer:
 
     fill: bool = False  # FLUX.1-Fill-dev is configured: inpaint and outpaint run on it
     loras: frozenset[str] = frozenset()  # names of the loaded LoRAs
+    # With a compiled transformer: the loaded LoRAs' ranks, and the most one request's may add up to.
+    lora_ranks: Mapping[str, int] = field(default_factory=dict, hash=False)
+    lora_rank_limit: int | None = None
 
 
 REQUEST_TYPES = {
@@ -182,7 +185,7 @@ def parse_request(mode: str, raw: Mapping[str, Any], offer: ServerOffer = Server
     }
     if mode in LORA_MODES:
         usable = None if offer.fill and mode in ("inpaint", "outpaint") else offer.loras
-        values["loras"] = fields.loras("loras", usable)
+        values["loras"] = fields.loras("loras", usable, offer.lora_ranks, offer.lora_rank_limit)
     MODE_FIELDS[mode](fields, values)
     if fields.errors:
         raise RequestError(fields.errors)

@@ -158,7 +158,9 @@ class Playground:
 
     def offer(self) -> ServerOffer:
         """What requests may use now: the Fill model, the loaded LoRAs."""
-        return ServerOffer(fill=bool(self.manager.sources.fill), loras=self.manager.lora_names())
+        ranks, limit = self.manager.lora_ranks()
+        return ServerOffer(fill=bool(self.manager.sources.fill), loras=frozenset(ranks), lora_ranks=ranks,
+                           lora_rank_limit=limit)
 
     def load_lora(self, source: str, name: str | None = None) -> dict[str, Any]:
         """Load a user's LoRA (hub id, URL or a file in the LoRA folders) onto the dev

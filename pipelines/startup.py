@@ -83,7 +83,7 @@ def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None
 
 
 def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile):
-    options = {"acceleration": profile}
+    options = {"acceleration": profile, "lora_rank": args.lora_rank}
     if args.demo:
         residency = pick_residency(placement, ModelSources(demo=True), args.residency)
         return demo_manager(placement, fill, max_loras, residency=residency, **options), "started with --demo"

@@ -76,6 +76,7 @@ class LoraLimits:
     max_per_request: int
     min_weight: float
     max_weight: float
+    compiled_rank: int  # with a compiled transformer: the most the ranks of a request's LoRAs add up to
 
 
 @dataclass(frozen=True)

@@ -50,17 +50,30 @@ def test_step_caching_is_per_request_and_leaves_no_trace(regular):
     assert np.array_equal(t2i(client, **request), before)  # the next request runs uncached again
 
 
-def test_loras_and_control_on_the_compiled_transformer(regular):
-    client = regular[0]
-    base = t2i(client)
-    client.predict(source="tiny-style-lora", name=None, api_name="/load_lora")
+def test_loras_on_the_compiled_transformer_share_one_hot_swapped_adapter(regular, client):
+    """The same pictures as one adapter per LoRA (the plain app), within float tolerance, for
+    LoRAs alone, together, at negative weights and under control; unloading restores the base."""
+    compiled = regular[0]
+    base = t2i(compiled)
+    for app in (compiled, client):
+        app.predict(source="tiny-style-lora", name=None, api_name="/load_lora")
+        app.predict(source="tiny-kohya-style.safetensors", name="kohya", api_name="/load_lora")
+    control = {"image": EXAMPLE_LAKE, "prompt": "a castle", **FAST, "num_inference_steps": 2, "seed": 4,
+               "enable_safety_checker": False}
     try:
-        assert not np.array_equal(t2i(client, loras="tiny-style-lora:1"), base)
-        control = call(client, "/control", image=EXAMPLE_LAKE, prompt="a castle", **{**FAST, "num_inference_steps": 2})
-        assert result_images(control)[0].size == (256, 256)
+        for loras in ("tiny-style-lora:1", "kohya:0.8", "tiny-style-lora:0.5, kohya:-1"):
+            hot_swapped, separate = t2i(compiled, loras=loras), t2i(client, loras=loras)
+            assert np.abs(hot_swapped - base).mean() > 1 and np.abs(hot_swapped - separate).max() <= 2, loras
+        controlled = [pixels(result_images(call(app, "/control", **control, loras="kohya:1"))[0])
+                      for app in (compiled, client)]
+        assert np.abs(controlled[0] - controlled[1]).max() <= 2
+        adapters = compiled.predict(api_name="/status")["adapters"]
+        assert adapters["method"] == "hot-swap slot" and adapters["slot"]["swaps"] >= 4
     finally:
-        client.predict(name="tiny-style-lora", api_name="/unload_lora")
-    assert np.array_equal(t2i(client), base)
+        for app in (compiled, client):
+            for name in ("tiny-style-lora", "kohya"):
+                app.predict(name=name, api_name="/unload_lora")
+    assert np.array_equal(t2i(compiled), base)
 
 
 def test_swap_residency_moves_transformers_and_changes_no_pixel(family, tmp_path, client):

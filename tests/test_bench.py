@@ -25,14 +25,15 @@ def test_benchmark_smoke_run_prints_a_table_and_writes_json(family, tmp_path):
     assert result["api"]["api_s"] > 0 and result["startup_s"] > 0
 
 
-def test_lora_switches_on_a_compiled_transformer_compile_each_combination_once(family):
-    """bench.lora_compile's sequence: a LoRA combination, control switch or weight seen before
-    compiles nothing again."""
+def test_lora_switches_on_a_compiled_transformer_never_compile(family):
+    """bench.lora_compile's sequence: the LoRAs share one hot-swapped adapter, so only a new
+    adapter state (none, the slot, control, control with the slot) compiles; switching LoRAs,
+    combinations or weights never does."""
     done = subprocess.run([sys.executable, "-m", "bench.lora_compile"], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("text_to_image", "control"))]
-    new_graphs = [int(row[-1]) for row in rows]
-    assert len(rows) == 18 and new_graphs[0] > 0
-    # Requests 4, 6, 8-10, 12-14, 16, 18 repeat a state seen before (see bench/lora_compile.py).
-    assert [new_graphs[i - 1] for i in (4, 6, 8, 9, 10, 12, 13, 14, 16, 18)] == [0] * 10
+    assert len(rows) == 18
+    compiled = [number for number, row in enumerate(rows, 1) if int(row[-1]) > 0]
+    # Requests 1, 2, 11 and 15 are the first in each adapter state (see bench/lora_compile.py).
+    assert compiled == [1, 2, 11, 15]

@@ -1,0 +1,95 @@
+"""The hot-swapped LoRA slot of a compiled transformer: its arithmetic, its limits, and how a
+manager with a compiling profile takes LoRAs into it (the app-level results are compared with
+one adapter per LoRA in test_acceleration_app.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipelines.adapters import LoraError
+from pipelines.lora_slot import Factors, FoldedLora, SlotError, combined_state_dict, fit_columns
+from pipelines.requests import RequestError, ServerOffer, parse_request
+from pipelines.sources import pick_placement
+from presets.acceleration import ACCELERATION
+
+
+def factors(rank: int, width_in: int, width_out: int, seed: int) -> Factors:
+    generator = torch.Generator().manual_seed(seed)
+    return Factors(torch.randn(rank, width_in, generator=generator), torch.randn(width_out, rank, generator=generator))
+
+
+def test_one_combined_lora_is_the_weighted_sum_of_the_loras():
+    layers = {"q": torch.nn.Linear(8, 6), "ff": torch.nn.Linear(8, 12), "out": torch.nn.Linear(6, 6)}
+    first = FoldedLora({"q": factors(2, 8, 6, 1), "ff": factors(2, 8, 12, 2)})
+    second = FoldedLora({"q": factors(3, 8, 6, 3)})
+    state = combined_state_dict([(first, 0.5), (second, -2.0)], layers, rank=8)
+    assert set(state) == {"q.lora_A.weight", "q.lora_B.weight", "ff.lora_A.weight", "ff.lora_B.weight"}
+    assert state["q.lora_A.weight"].shape == (8, 8) and state["q.lora_B.weight"].shape == (6, 8)
+    expected_q = 0.5 * first.modules["q"].up @ first.modules["q"].down - 2.0 * second.modules["q"].up @ second.modules["q"].down
+    torch.testing.assert_close(state["q.lora_B.weight"] @ state["q.lora_A.weight"], expected_q)
+    torch.testing.assert_close(state["ff.lora_B.weight"] @ state["ff.lora_A.weight"],
+                               0.5 * first.modules["ff"].up @ first.modules["ff"].down)
+    assert not state["ff.lora_A.weight"][2:].any()  # padding: zero rows past the LoRA's rank
+
+
+def test_ranks_beyond_the_slot_are_refused_by_name():
+    layers = {"q": torch.nn.Linear(8, 6)}
+    lora = FoldedLora({"q": factors(4, 8, 6, 1)})
+    with pytest.raises(SlotError, match="add up to 8 on q.*rank 6.*--lora-rank"):
+        combined_state_dict([(lora, 1.0), (lora, 1.0)], layers, rank=6)
+
+
+def test_down_projections_fit_the_control_widened_input():
+    down = torch.randn(2, 4)
+    widened = fit_columns(down, 6)
+    assert widened.shape == (2, 6) and torch.equal(widened[:, :4], down) and not widened[:, 4:].any()
+    assert torch.equal(fit_columns(widened, 4), down)
+
+
+def test_validation_names_the_rank_limit():
+    offer = ServerOffer(loras=frozenset({"a", "b"}), lora_ranks={"a": 40, "b": 32}, lora_rank_limit=64)
+    request = {"prompt": "a lighthouse"}
+    assert parse_request("text_to_image", {**request, "loras": "a:1"}, offer).loras == (("a", 1.0),)
+    with pytest.raises(RequestError) as raised:
+        parse_request("text_to_image", {**request, "loras": "a:1, b:0.5"}, offer)
+    message = str(raised.value)
+    assert "loras" in message and "add up to 72" in message and "rank 64 (--lora-rank)" in message
+    # Without a compiled transformer there is no such limit.
+    plain = ServerOffer(loras=frozenset({"a", "b"}), lora_ranks={"a": 40, "b": 32})
+    assert len(parse_request("text_to_image", {**request, "loras": "a, b"}, plain).loras) == 2
+
+
+@pytest.fixture(scope="module")
+def compiled_manager(family):
+    """A demo manager with the regular profile (compilation is lazy: nothing compiles here)."""
+    from pipelines.startup import demo_manager
+
+    return lambda rank: demo_manager(pick_placement(), acceleration=ACCELERATION.profile("regular"), lora_rank=rank)
+
+
+def test_a_compiled_manager_folds_loras_into_the_slot(compiled_manager, family):
+    manager = compiled_manager(64)
+    lora = manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
+    transformer = manager.pipeline("text_to_image").transformer
+    assert list(transformer.peft_config) == ["playground_loras"]  # the LoRA's own adapter is gone
+    adapters = manager.status()["adapters"]
+    assert adapters["method"] == "hot-swap slot" and adapters["slot"]["rank"] == 64 and lora.rank == 4
+    assert manager.lora_ranks() == ({"style": 4}, 64)
+    manager.load_lora(str(family["loras"] / "tiny-kohya-style.safetensors"), "kohya")
+    encoder_adapters = manager.pipeline("text_to_image").get_list_adapters()["text_encoder"]
+    assert encoder_adapters == ["kohya"]  # the text encoder keeps its own adapter
+    manager.unload_lora("kohya")
+    manager.unload_lora("style")
+    assert not getattr(transformer, "peft_config", {})  # nothing left on the transformer
+    with pytest.raises(LoraError, match="server's own"):
+        manager.load_lora(str(family["loras"] / "tiny-style-lora"), "playground_loras")
+
+
+def test_a_lora_above_the_slot_rank_is_refused_and_leaves_nothing(compiled_manager, family):
+    manager = compiled_manager(2)
+    with pytest.raises(LoraError, match="rank is 4.*--lora-rank 4") as raised:
+        manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
+    assert raised.value.field == "source"
+    assert manager.lora_names() == frozenset()
+    assert not getattr(manager.pipeline("text_to_image").transformer, "peft_config", {})
