@@ -9,6 +9,8 @@ import pytest
 from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, FAST, call, pixels, result_images, running_server
 from gradio_client import Client
 
+from ui.tabs import compiled_lora_note
+
 REQUEST = {"prompt": "a lighthouse", **FAST, "seed": 21, "enable_safety_checker": False}
 
 
@@ -50,7 +52,7 @@ def test_step_caching_is_per_request_and_leaves_no_trace(regular):
     assert np.array_equal(t2i(client, **request), before)  # the next request runs uncached again
 
 
-def test_loras_on_the_compiled_transformer_share_one_hot_swapped_adapter(regular, client):
+def test_loras_on_the_compiled_transformer_share_one_hot_swapped_adapter(regular, client, playground):
     """The same pictures as one adapter per LoRA (the plain app), within float tolerance, for
     LoRAs alone, together, at negative weights and under control; unloading restores the base."""
     compiled = regular[0]
@@ -69,6 +71,8 @@ def test_loras_on_the_compiled_transformer_share_one_hot_swapped_adapter(regular
         assert np.abs(controlled[0] - controlled[1]).max() <= 2
         adapters = compiled.predict(api_name="/status")["adapters"]
         assert adapters["method"] == "hot-swap slot" and adapters["slot"]["swaps"] >= 4
+        # The LoRAs tab says so; the plain app has no such limit.
+        assert "one adapter of rank 64" in compiled_lora_note(regular[1]) and not compiled_lora_note(playground)
     finally:
         for app in (compiled, client):
             for name in ("tiny-style-lora", "kohya"):

@@ -204,12 +204,21 @@ def _result_as_input(gallery: list | None, index: int):
     return item[0] if isinstance(item, (list, tuple)) else item
 
 
+def compiled_lora_note(playground: Playground) -> str:
+    """What a compiled transformer means for LoRAs, when this server has one."""
+    _, rank_limit = playground.manager.lora_ranks()
+    if rank_limit is None:
+        return ""
+    return (f" This server's transformer is compiled: LoRAs take turns in one adapter of rank {rank_limit}, so "
+            f"switching them never recompiles, and the ranks of one request's LoRAs may add up to {rank_limit}.")
+
+
 def lora_tab(playground: Playground) -> None:
     """Load and unload LoRAs on the dev transformer; the `/load_lora` and `/unload_lora` endpoints."""
     with gr.Tab("LoRAs", id="loras"):
         gr.Markdown("Load LoRAs onto the FLUX.1 [dev] transformer, then apply them in any tab that runs on it "
                     "by name in its **LoRAs** field, e.g. `my_style:0.8, other:0.5`. Loading never reloads "
-                    "the model; a LoRA no request names does nothing.")
+                    "the model; a LoRA no request names does nothing." + compiled_lora_note(playground))
         with gr.Row():
             source = gr.Dropdown(available_loras(playground.lora_sources), value=None, allow_custom_value=True,
                                  label="Source", scale=3, elem_id="lora-source",
