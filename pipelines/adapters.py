@@ -216,7 +216,7 @@ def activate_slot(pipe, state: AdapterState, weights: tuple[tuple[str, float], .
         disable_lora_for_text_encoder(pipe.text_encoder)
     transformer = pipe.transformer
     names = [CONTROL_ADAPTER.format(state.control)] if state.control else []
-    if weights:
+    if state.slot.touches_transformer(weights):
         try:
             state.slot.fill(transformer, weights)
         except SlotError as error:

@@ -158,6 +158,10 @@ class LoraSlot:
         self.loras[name] = folded
         return folded
 
+    def touches_transformer(self, weights: tuple[tuple[str, float], ...]) -> bool:
+        """Whether any of these LoRAs changes the transformer (some change only the text encoder)."""
+        return any(self.loras[name].modules for name, _ in weights)
+
     def fill(self, transformer, weights: tuple[tuple[str, float], ...]) -> None:
         """Hot-swap the combination `weights` into the slot, unless it holds it already."""
         if weights == self.holding:

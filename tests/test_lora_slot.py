@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from pipelines.adapters import LoraError
 from pipelines.lora_slot import Factors, FoldedLora, SlotError, combined_state_dict, fit_columns
@@ -93,3 +94,26 @@ def test_a_lora_above_the_slot_rank_is_refused_and_leaves_nothing(compiled_manag
     assert raised.value.field == "source"
     assert manager.lora_names() == frozenset()
     assert not getattr(manager.pipeline("text_to_image").transformer, "peft_config", {})
+
+
+def test_a_text_encoder_only_lora_leaves_the_slot_alone(compiled_manager, family, tmp_path):
+    """A LoRA with nothing for the transformer: the slot is not switched on for it, also right
+    after it held another LoRA's update."""
+    kohya = load_file(family["loras"] / "tiny-kohya-style.safetensors")
+    save_file({k: v for k, v in kohya.items() if k.startswith("lora_te1_")}, tmp_path / "words.safetensors")
+    manager = compiled_manager(64)
+    manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
+    manager.load_lora(str(tmp_path / "words.safetensors"), "words")
+    assert manager.lora_ranks() == ({"style": 4, "words": 0}, 64)
+    with manager.lock:
+        pipe = manager.enter_mode("text_to_image", loras=(("style", 1.0), ("words", 0.5)))[0]
+        assert pipe.transformer.active_adapters() == ["playground_loras"]
+        assert pipe.text_encoder.active_adapters() == ["words"]
+        manager.enter_mode("text_to_image", loras=(("words", 1.0),))
+        assert active_slot(pipe) == []
+
+
+def active_slot(pipe) -> list[str]:
+    """The transformer's active adapters, or none when its LoRA layers are disabled."""
+    layers = [m for m in pipe.transformer.modules() if hasattr(m, "disable_adapters")]
+    return [] if all(m.disable_adapters for m in layers) else pipe.transformer.active_adapters()
