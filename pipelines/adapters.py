@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ class AdapterState:
 
 def restore_base(pipe, state: AdapterState) -> None:
     """Remove every adapter and give the transformer back its own input projection and norms."""
-    if state.control is not None or state.loras:
+    if state.control is not None or state.loras or (state.slot and state.slot.created):
         pipe.unload_lora_weights(reset_to_overwritten_params=True)
     state.control, state.loras = None, []
     if state.slot:
@@ -176,10 +177,8 @@ def drop_user_lora(pipe, state: AdapterState, name: str) -> None:
     if state.slot:
         state.slot.loras.pop(name, None)
         state.slot.holding = None  # what it holds may include the LoRA: filled again on next use
-    if not state.loras and state.control is None:
-        pipe.unload_lora_weights()  # no adapters left: take the PEFT layers off too
-        if state.slot:
-            state.slot.forget()
+    if not state.loras and state.control is None and not state.slot:
+        pipe.unload_lora_weights()  # no adapters left: take the PEFT layers off too (a slot stays)
 
 
 def activate(pipe, state: AdapterState, weights: tuple[tuple[str, float], ...]) -> None:
@@ -195,6 +194,17 @@ def activate(pipe, state: AdapterState, weights: tuple[tuple[str, float], ...]) 
         return
     pipe.enable_lora()
     pipe.set_adapters(names, adapter_weights=values)
+
+
+@contextmanager
+def slot_switched_on(pipe):
+    """The (empty) LoRA slot active, as in a request with LoRAs: to compile that graph ahead."""
+    pipe.transformer.enable_lora()
+    pipe.transformer.set_adapters([SLOT], [1.0])
+    try:
+        yield
+    finally:
+        pipe.transformer.disable_lora()
 
 
 def activate_slot(pipe, state: AdapterState, weights: tuple[tuple[str, float], ...]) -> None:

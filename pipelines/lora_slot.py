@@ -137,9 +137,11 @@ class LoraSlot:
         self.created, self.holding = False, None
 
     def create(self, transformer) -> None:
+        """Put the empty slot on every linear layer, switched off (as for a request without LoRAs)."""
         if not self.created:
             transformer.load_lora_adapter(empty_state_dict(linear_layers(transformer), self.rank), prefix=None,
                                           adapter_name=SLOT)
+            transformer.disable_lora()
             self.created, self.holding = True, ()
 
     def fold(self, transformer, name: str) -> FoldedLora:

@@ -211,7 +211,10 @@ class PipelineManager:
             # bypass or break them, so its profile skips those and says so.
             self._accelerated[name] = apply_profile(module, self.acceleration, device, loras=name == "transformer")
             if name == "transformer" and "compile" in self._accelerated[name]["applied"]:
-                self._adapters.slot = LoraSlot(self.lora_rank)  # LoRA switches must not recompile
+                # LoRA switches must not recompile: the slot is there from the start, always.
+                self._adapters.slot = LoraSlot(self.lora_rank)
+                with torch.inference_mode(False):
+                    self._adapters.slot.create(module)
         return module
 
     def transformer_report(self, name: str) -> dict:
@@ -277,6 +280,8 @@ class PipelineManager:
         adapters.restore_base(pipe, state)
         if control is not None:
             adapters.apply_control(pipe, state, control, self.component(f"{control}_lora"))
+        if state.slot:
+            state.slot.create(pipe.transformer)
         for lora in self._loras.values():
             adapters.apply_user_lora(pipe, state, lora)
         state.rebuilds += 1
@@ -329,9 +334,13 @@ class PipelineManager:
             self._activate("transformer")
             adapters.drop_user_lora(self.pipeline("text_to_image"), self._adapters, name)
 
+    def has_lora_slot(self) -> bool:
+        """Whether users' LoRAs share one hot-swapped adapter (the dev transformer is compiled)."""
+        return self._adapters.slot is not None
+
     def lora_ranks(self) -> tuple[dict[str, int], int | None]:
         """The loaded LoRAs' ranks, and the most they may add up to in one request (None: no limit)."""
-        limit = self._adapters.slot.rank if self._adapters.slot else None
+        limit = self._adapters.slot.rank if self.has_lora_slot() else None
         return {name: lora.rank or 0 for name, lora in dict(self._loras).items()}, limit
 
     def preload(self, modes: tuple[str, ...] = ("text_to_image",)) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines import adapters
 from pipelines.acceleration import setup_compile_cache, warm_up
 from pipelines.manager import COMPONENTS, PipelineManager
 from pipelines.residency import accelerator_memory, choose_residency, needed_bytes
@@ -57,8 +58,11 @@ def warm_up_compiled(manager: PipelineManager, sizes: str, compile_cache: dict) 
 
     def run(width: int, height: int):
         with manager.lock, torch.inference_mode():
-            return pipe(prompt="warm-up", width=width, height=height, num_inference_steps=steps,
-                        output_type="latent")
+            pipe(prompt="warm-up", width=width, height=height, num_inference_steps=steps, output_type="latent")
+            if manager.has_lora_slot():  # and as requests with LoRAs run, so that their first compiles nothing
+                with adapters.slot_switched_on(pipe):
+                    pipe(prompt="warm-up", width=width, height=height, num_inference_steps=steps,
+                         output_type="latent")
 
     chosen = None if sizes == "auto" else parse_sizes(sizes)
     return warm_up(run, chosen, save_to=compile_cache.get("dir"))

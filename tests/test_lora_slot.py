@@ -82,7 +82,8 @@ def test_a_compiled_manager_folds_loras_into_the_slot(compiled_manager, family):
     assert encoder_adapters == ["kohya"]  # the text encoder keeps its own adapter
     manager.unload_lora("kohya")
     manager.unload_lora("style")
-    assert not getattr(transformer, "peft_config", {})  # nothing left on the transformer
+    assert list(transformer.peft_config) == ["playground_loras"]  # the slot stays, switched off
+    assert not manager.pipeline("text_to_image").get_list_adapters().get("text_encoder")
     with pytest.raises(LoraError, match="server's own"):
         manager.load_lora(str(family["loras"] / "tiny-style-lora"), "playground_loras")
 
@@ -93,7 +94,7 @@ def test_a_lora_above_the_slot_rank_is_refused_and_leaves_nothing(compiled_manag
         manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
     assert raised.value.field == "source"
     assert manager.lora_names() == frozenset()
-    assert not getattr(manager.pipeline("text_to_image").transformer, "peft_config", {})
+    assert list(manager.pipeline("text_to_image").transformer.peft_config) == ["playground_loras"]
 
 
 def test_a_text_encoder_only_lora_leaves_the_slot_alone(compiled_manager, family, tmp_path):
