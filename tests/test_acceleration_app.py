@@ -20,9 +20,11 @@ def t2i(client, **kwargs):
 
 @pytest.fixture(scope="module")
 def regular(family, tmp_path_factory):
-    """The demo app with `--acceleration regular`, compiling 256x256 at start into its own cache."""
+    """The demo app with `--acceleration regular`, compiling 256x256 at start into its own cache;
+    its LoRA slot holds rank 8: the two demo LoRAs (rank 4 each) together, not three."""
     folder = tmp_path_factory.mktemp("regular")
-    args = ["--acceleration", "regular", "--warm-up", "256x256", "--compile-cache", str(folder / "compile")]
+    args = ["--acceleration", "regular", "--warm-up", "256x256", "--compile-cache", str(folder / "compile"),
+            "--lora-rank", "8"]
     with running_server(args, folder / "out") as (_, playground, url):
         yield Client(url, verbose=False), playground, folder
 
@@ -71,8 +73,12 @@ def test_loras_on_the_compiled_transformer_share_one_hot_swapped_adapter(regular
         assert np.abs(controlled[0] - controlled[1]).max() <= 2
         adapters = compiled.predict(api_name="/status")["adapters"]
         assert adapters["method"] == "hot-swap slot" and adapters["slot"]["swaps"] >= 4
-        # The LoRAs tab says so; the plain app has no such limit.
-        assert "one adapter of rank 64" in compiled_lora_note(regular[1]) and not compiled_lora_note(playground)
+        # The LoRAs tab says so; the plain app has no such limit. Past it, the field is named.
+        assert "one adapter of rank 8" in compiled_lora_note(regular[1]) and not compiled_lora_note(playground)
+        compiled.predict(source="tiny-style-lora", name="again", api_name="/load_lora")
+        with pytest.raises(Exception, match=r"loras: the ranks of .* add up to 12; .* may add up to rank 8"):
+            t2i(compiled, loras="tiny-style-lora, kohya, again")
+        compiled.predict(name="again", api_name="/unload_lora")
     finally:
         for app in (compiled, client):
             for name in ("tiny-style-lora", "kohya"):
