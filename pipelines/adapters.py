@@ -117,6 +117,7 @@ class UserLora:
     file_bytes: int
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
+    text_encoder: bool = False  # it has a part for the text encoder (an adapter there)
 
     def status(self) -> dict[str, Any]:
         return {"source": self.source, "file": self.file.name, "rank": self.rank, "file_bytes": self.file_bytes,
@@ -161,11 +162,21 @@ def apply_user_lora(pipe, state: AdapterState, lora: UserLora) -> None:
         state.slot.create(pipe.transformer)
     pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name, adapter_name=lora.name)
     state.loras.append(lora.name)
+    lora.text_encoder = lora.name in pipe.get_list_adapters().get("text_encoder", [])
     if state.slot:
         try:
             lora.rank = state.slot.fold(pipe.transformer, lora.name).rank
         except SlotError as error:
             raise LoraError("source", f"{lora.name} cannot be applied to the compiled transformer: {error}") from None
+
+
+def reapply_user_lora(pipe, state: AdapterState, lora: UserLora) -> None:
+    """A user's LoRA again after `restore_base`. The slot keeps its transformer factors, so only
+    a LoRA with a text-encoder part is read from its file again."""
+    if state.slot and lora.name in state.slot.loras and not lora.text_encoder:
+        state.loras.append(lora.name)
+    else:
+        apply_user_lora(pipe, state, lora)
 
 
 def drop_user_lora(pipe, state: AdapterState, name: str) -> None:

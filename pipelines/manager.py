@@ -283,7 +283,7 @@ class PipelineManager:
         if state.slot:
             state.slot.create(pipe.transformer)
         for lora in self._loras.values():
-            adapters.apply_user_lora(pipe, state, lora)
+            adapters.reapply_user_lora(pipe, state, lora)
         state.rebuilds += 1
         state.rebuild_seconds += time.perf_counter() - started
 

@@ -71,6 +71,9 @@ def test_loras_on_the_compiled_transformer_share_one_hot_swapped_adapter(regular
         controlled = [pixels(result_images(call(app, "/control", **control, loras="kohya:1"))[0])
                       for app in (compiled, client)]
         assert np.abs(controlled[0] - controlled[1]).max() <= 2
+        # Back from control (the adapters rebuilt; the slot kept the style LoRA's factors).
+        after = t2i(compiled, loras="tiny-style-lora:1, kohya:0.5")
+        assert np.abs(after - t2i(client, loras="tiny-style-lora:1, kohya:0.5")).max() <= 2
         adapters = compiled.predict(api_name="/status")["adapters"]
         assert adapters["method"] == "hot-swap slot" and adapters["slot"]["swaps"] >= 4
         # The LoRAs tab says so; the plain app has no such limit. Past it, the field is named.
