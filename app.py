@@ -35,6 +35,17 @@ log = logging.getLogger("flux_playground")
 # --- start-up ---------------------------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of 1 or more (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="LoRAs that may be loaded at once (env FLUX_MAX_LORAS)")
     parser.add_argument("--max-lora-mb", type=float, default=float(env("FLUX_MAX_LORA_MB", "2048")),
                         help="largest LoRA file fetched from a URL (env FLUX_MAX_LORA_MB)")
-    parser.add_argument("--lora-rank", type=int, default=int(env("FLUX_LORA_RANK", str(PRESETS.loras.compiled_rank))),
+    parser.add_argument("--lora-rank", type=positive_int, default=env("FLUX_LORA_RANK", str(PRESETS.loras.compiled_rank)),
                         help="with a compiled transformer (acceleration regular or high), the rank of the one "
                              "adapter a request's LoRAs are hot-swapped into: their ranks may add up to this "
                              "(env FLUX_LORA_RANK)")

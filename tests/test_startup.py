@@ -62,3 +62,11 @@ def test_no_demo_fallback_exits_with_the_reason(family_root, tmp_path):
     )
     assert done.returncode != 0
     assert str(missing) in done.stderr and "could not be loaded" in done.stderr
+
+
+def test_a_bad_lora_rank_stops_the_start_and_names_the_flag():
+    for given in ("0", "-3", "many"):
+        done = subprocess.run([sys.executable, "app.py", "--demo", "--lora-rank", given], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        assert f"argument --lora-rank: must be a whole number of 1 or more, got '{given}'" in done.stderr
