@@ -221,20 +221,7 @@ def slot_switched_on(pipe):
 def activate_slot(pipe, state: AdapterState, weights: tuple[tuple[str, float], ...]) -> None:
     """`activate` with a slot: the request's LoRAs are hot-swapped into the slot, which is
     active at weight 1 beside the control adapter; text-encoder parts are their own adapters."""
-    from diffusers.loaders.lora_base import (
-        disable_lora_for_text_encoder,
-        enable_lora_for_text_encoder,
-        set_adapters_for_text_encoder,
-    )
-
-    encoder_adapters = set(pipe.get_list_adapters().get("text_encoder", []))
-    encoder_weights = [(name, weight) for name, weight in weights if name in encoder_adapters]
-    if encoder_weights:
-        enable_lora_for_text_encoder(pipe.text_encoder)
-        set_adapters_for_text_encoder([n for n, _ in encoder_weights], pipe.text_encoder,
-                                      [w for _, w in encoder_weights])
-    elif encoder_adapters:
-        disable_lora_for_text_encoder(pipe.text_encoder)
+    activate_text_encoder(pipe, weights)
     transformer = pipe.transformer
     names = [CONTROL_ADAPTER.format(state.control)] if state.control else []
     if state.slot.touches_transformer(weights):
@@ -249,3 +236,22 @@ def activate_slot(pipe, state: AdapterState, weights: tuple[tuple[str, float], .
         return
     transformer.enable_lora()
     transformer.set_adapters(names, [1.0] * len(names))
+
+
+def activate_text_encoder(pipe, weights: tuple[tuple[str, float], ...]) -> None:
+    """Make exactly the text-encoder parts of the given LoRAs active (none: all off). CLIP is
+    shared by every mode, Kontext and Fill too, which take no LoRAs."""
+    from diffusers.loaders.lora_base import (
+        disable_lora_for_text_encoder,
+        enable_lora_for_text_encoder,
+        set_adapters_for_text_encoder,
+    )
+
+    encoder_adapters = set(pipe.get_list_adapters().get("text_encoder", []))
+    encoder_weights = [(name, weight) for name, weight in weights if name in encoder_adapters]
+    if encoder_weights:
+        enable_lora_for_text_encoder(pipe.text_encoder)
+        set_adapters_for_text_encoder([n for n, _ in encoder_weights], pipe.text_encoder,
+                                      [w for _, w in encoder_weights])
+    elif encoder_adapters:
+        disable_lora_for_text_encoder(pipe.text_encoder)

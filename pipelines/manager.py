@@ -259,6 +259,8 @@ class PipelineManager:
         self._activate(self.mode_transformer(mode))
         if pipes[-1].transformer is self._components.get("transformer"):
             self._set_adapters(pipes[-1], control_type if mode == "control" else None, loras)
+        elif getattr(pipes[-1], "text_encoder", None) is not None:
+            adapters.activate_text_encoder(pipes[-1], ())  # no LoRA of a dev request stays on the shared CLIP
         return pipes
 
     def _set_adapters(self, pipe, control: str | None, loras: tuple[tuple[str, float], ...]) -> None:

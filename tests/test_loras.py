@@ -67,6 +67,16 @@ def test_two_loras_at_once_and_in_every_dev_mode(client, loaded):
     assert np.array_equal(t2i(client), base)  # the text encoder is back as it was, too
 
 
+def test_a_text_encoder_lora_stays_out_of_kontext(client, loaded):
+    """CLIP is shared with Kontext, which takes no LoRAs: a dev request's text-encoder LoRA
+    must be off again when Kontext runs after it."""
+    kontext = {**REQUEST, "image": EXAMPLE_LAKE, "prompt": "make it red"}
+    before = pixels(result_images(call(client, "/kontext_edit", **kontext))[0])
+    loaded(KOHYA, name="kohya")  # it has a CLIP text-encoder LoRA
+    t2i(client, loras="kohya:1")
+    assert np.array_equal(pixels(result_images(call(client, "/kontext_edit", **kontext))[0]), before)
+
+
 def test_lora_mistakes_name_the_field(client, loaded):
     with pytest.raises(Exception, match=r"loras: no LoRA named 'nope' is loaded \(loaded: none yet"):
         t2i(client, loras="nope:1")
