@@ -133,6 +133,7 @@ class AdapterState:
     rebuilds: int = 0  # times the base transformer was restored and adapters applied again
     rebuild_seconds: float = 0.0
     slot: LoraSlot | None = None  # with a compiled transformer: the users' LoRAs share this adapter
+    stale: bool = False  # a rebuild failed half way: the next request rebuilds
 
     def status(self) -> dict[str, Any]:
         return {"control": self.control, "applied": list(self.loras), "rebuilds": self.rebuilds,
@@ -143,9 +144,9 @@ class AdapterState:
 
 def restore_base(pipe, state: AdapterState) -> None:
     """Remove every adapter and give the transformer back its own input projection and norms."""
-    if state.control is not None or state.loras or (state.slot and state.slot.created):
+    if state.control is not None or state.loras or state.stale or (state.slot and state.slot.created):
         pipe.unload_lora_weights(reset_to_overwritten_params=True)
-    state.control, state.loras = None, []
+    state.control, state.loras, state.stale = None, [], False
     if state.slot:
         state.slot.forget()
 

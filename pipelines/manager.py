@@ -266,7 +266,7 @@ class PipelineManager:
     def _set_adapters(self, pipe, control: str | None, loras: tuple[tuple[str, float], ...]) -> None:
         state = self._adapters
         with torch.inference_mode(False):  # tensors made here outlive the request: no inference tensors
-            if state.control != control:  # only a full restore takes a control LoRA off
+            if state.stale or state.control != control:  # only a full restore takes a control LoRA off
                 self._rebuild_adapters(pipe, control)
             adapters.activate(pipe, state, loras)
 
@@ -279,13 +279,19 @@ class PipelineManager:
         """Restore the base transformer, then apply the control LoRA and the users' LoRAs."""
         state = self._adapters
         started = time.perf_counter()
+        # Loading the control LoRA may download or fail: before anything is taken off.
+        control_tensors = self.component(f"{control}_lora") if control is not None else None
         adapters.restore_base(pipe, state)
-        if control is not None:
-            adapters.apply_control(pipe, state, control, self.component(f"{control}_lora"))
-        if state.slot:
-            state.slot.create(pipe.transformer)
-        for lora in self._loras.values():
-            adapters.reapply_user_lora(pipe, state, lora)
+        try:
+            if control is not None:
+                adapters.apply_control(pipe, state, control, control_tensors)
+            if state.slot:
+                state.slot.create(pipe.transformer)
+            for lora in self._loras.values():
+                adapters.reapply_user_lora(pipe, state, lora)
+        except Exception:
+            state.stale = True  # half applied: the next request restores and applies everything again
+            raise
         state.rebuilds += 1
         state.rebuild_seconds += time.perf_counter() - started
 

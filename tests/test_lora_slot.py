@@ -118,3 +118,23 @@ def active_slot(pipe) -> list[str]:
     """The transformer's active adapters, or none when its LoRA layers are disabled."""
     layers = [m for m in pipe.transformer.modules() if hasattr(m, "disable_adapters")]
     return [] if all(m.disable_adapters for m in layers) else pipe.transformer.active_adapters()
+
+
+@pytest.mark.parametrize("profile", ["none", "regular"])
+def test_a_failed_control_rebuild_leaves_the_loras_working(family, tmp_path, profile):
+    """The control LoRA cannot be loaded: that request fails, and the users' LoRAs still apply
+    in the next one (with one adapter per LoRA and with the slot)."""
+    from dataclasses import replace
+
+    from pipelines.startup import demo_manager
+
+    manager = demo_manager(pick_placement(), acceleration=ACCELERATION.profile(profile))
+    manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
+    manager.sources = replace(manager.sources, canny_lora=str(tmp_path / "no-such-lora"))
+    with manager.lock:
+        with pytest.raises(ValueError, match="no-such-lora"):
+            manager.enter_mode("control", "canny", loras=(("style", 1.0),))
+        pipe = manager.enter_mode("text_to_image", loras=(("style", 1.0),))[0]
+    adapter = "playground_loras" if profile == "regular" else "style"
+    assert pipe.transformer.active_adapters() == [adapter]
+    assert manager.status()["adapters"]["control"] is None
