@@ -163,23 +163,30 @@ CANNY_FIELDS = ("canny_low_threshold", "canny_high_threshold")  # shown for Cann
 
 
 def follow_control_type(controls: dict) -> None:
+    """The Canny thresholds show for Canny, whoever sets the type; the type's guidance and steps
+    come in when the user picks it (`input`), not when a restore sets it with saved values."""
     for name in VARIANT_FIELDS:
         controls[name].value = None
-    controls["control_type"].change(control_type_defaults, controls["control_type"],
-                                    [controls[name] for name in (*CANNY_FIELDS, *VARIANT_FIELDS)],
-                                    api_visibility="private", queue=False)
+    kind = controls["control_type"]
+    kind.change(canny_visibility, kind, [controls[name] for name in CANNY_FIELDS],
+                api_visibility="private", queue=False)
+    kind.input(control_type_defaults, kind, [controls[name] for name in VARIANT_FIELDS],
+               api_visibility="private", queue=False)
+
+
+def canny_visibility(kind: str) -> tuple:
+    return tuple(gr.Slider(visible=kind == "canny") for _ in CANNY_FIELDS)
 
 
 def control_type_defaults(kind: str) -> tuple:
-    """The Canny thresholds' visibility and the control type's guidance and steps."""
+    """The control type's guidance and steps."""
     kind = kind if kind in PRESETS.choices["control_type"].values else PRESETS.choices["control_type"].default
-    return (*(gr.Slider(visible=kind == "canny") for _ in CANNY_FIELDS),
-            *(PRESETS.default(name, "control", kind) for name in VARIANT_FIELDS))
+    return tuple(PRESETS.default(name, "control", kind) for name in VARIANT_FIELDS)
 
 
 def fill_control_defaults(page: gr.Blocks, controls: dict) -> None:
     """Give the control tab's empty sliders the defaults of its control type when the page loads."""
-    page.load(lambda kind: control_type_defaults(kind)[len(CANNY_FIELDS):], controls["control_type"],
+    page.load(control_type_defaults, controls["control_type"],
               [controls[name] for name in VARIANT_FIELDS], api_visibility="private", queue=False)
 
 
@@ -236,7 +243,9 @@ def lora_tab(playground: Playground) -> None:
     def names():
         return gr.Dropdown(choices=sorted(playground.manager.lora_names()), value=None)
 
+    # Their own queue: a download must not hold up generation (the manager locks the accelerator
+    # only to apply the LoRA).
     for button, endpoint, inputs, api_name in ((load, load_lora, [source, name], "load_lora"),
                                                (unload, unload_lora, [loaded_names], "unload_lora")):
-        button.click(endpoint, inputs, loaded, api_name=api_name, concurrency_id=ACCELERATOR,
+        button.click(endpoint, inputs, loaded, api_name=api_name, concurrency_id="loras",
                      concurrency_limit=1).success(names, None, loaded_names, api_visibility="private", queue=False)
