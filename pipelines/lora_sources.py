@@ -8,6 +8,8 @@ file a caller names.
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +45,15 @@ def download(url: str, policy: LoraSourcePolicy, field: str = "source") -> Path:
     data = fetch_url(url, field, policy.fetch)
     policy.downloads.mkdir(parents=True, exist_ok=True)
     path = policy.downloads / f"{hashlib.sha256(data).hexdigest()[:20]}.safetensors"
-    if not path.exists():
-        path.write_bytes(data)
-    if not is_safetensors(path):
-        path.unlink()
+    if path.exists():
+        return path  # checked when it was saved
+    # Checked, then moved into place whole: a download of the same URL meanwhile never sees half a file.
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.part")
+    partial.write_bytes(data)
+    if not is_safetensors(partial):
+        partial.unlink()
         raise InputError(field, f"{field}: {url} is not a .safetensors file (LoRAs are loaded from safetensors only)")
+    os.replace(partial, path)
     return path
 
 

@@ -16,15 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from PIL import Image
 
-from pipelines.adapters import LoraError
+from pipelines.adapters import LoraError, lora_name
 from pipelines.fetch import FetchPolicy, InputError
 from pipelines.fields import format_loras
 from pipelines.images import MIME_TYPES, encode_image
-from pipelines.lora_sources import LoraSourcePolicy, resolve_source
+from pipelines.lora_sources import LoraSourcePolicy, is_url, resolve_source
 from pipelines.manager import PipelineManager
 from pipelines.metadata import encode_with_parameters, image_info
 from pipelines.modes import StepCallback, generate, prepare
@@ -166,6 +167,8 @@ class Playground:
         """Load a user's LoRA (hub id, URL or a file in the LoRA folders) onto the dev
         transformer; raises InputError naming the field when it cannot."""
         resolved = resolve_source(source, self.lora_sources)
+        if not name and is_url(source):  # named after the URL's file, not the download's hash
+            name = lora_name(urlsplit(source).path)
         try:
             lora = self.manager.load_lora(resolved, name or None)
         except LoraError as error:

@@ -122,6 +122,11 @@ def test_lora_urls_follow_the_image_url_rules(client, playground, loaded, lora_s
     status = client.predict(api_name="/status")["loras"]["from_url"]
     assert status["source"] == url and status["file"].endswith(".safetensors")
     assert not np.array_equal(t2i(client, loras="from_url:1"), t2i(client))
+    policy.fetch.allow_private = True
+    try:  # without a name, it is named after the URL's file, not the download's hash
+        assert list(loaded(f"{lora_server}/{KOHYA}?v=2")) == ["from_url", "tiny-kohya-style"]
+    finally:
+        policy.fetch.allow_private = saved
 
 
 def test_local_files_outside_the_folders_are_refused_even_through_links(client, playground, tmp_path):
