@@ -18,16 +18,21 @@ import uvicorn
 from fastapi import FastAPI
 
 from pipelines.fetch import FetchPolicy
-from pipelines.gradio_endpoints import QueueGate
-from pipelines.lora_sources import LoraSourcePolicy
-from pipelines.results import ResultStore
-from pipelines.safety import SafetyChecker
-from pipelines.service import ArrivalStamp, Playground
-from pipelines.startup import demo_lora_folders, limit_malloc_arenas, start_manager
+from pipelines.loras.sources import LoraSourcePolicy
+from pipelines.models.startup import (
+    demo_lora_folders,
+    limit_malloc_arenas,
+    start_manager,
+)
+from pipelines.outputs.results import ResultStore
+from pipelines.outputs.safety import SafetyChecker
+from pipelines.service import Playground
 from presets import PRESETS
 from rest import add_rest_api
+from rest.arrival import ArrivalStamp
 from rest.common import RestSettings
 from ui import build_ui
+from ui.queue_gate import QueueGate
 
 log = logging.getLogger("flux_playground")
 

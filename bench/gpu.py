@@ -51,7 +51,7 @@ from bench.flux_cost import (
     random_vae,
     transformer_flops,
 )
-from pipelines.acceleration import (
+from pipelines.models.acceleration import (
     apply_profile,
     request_cache,
     save_compile_cache,
@@ -107,7 +107,7 @@ def placement(tiny: bool) -> tuple[torch.device, torch.dtype]:
 def weights_folder(args, device, dtype) -> Path:
     """The transformer's folder: the demo family's, or random full-size weights saved once."""
     if args.tiny:
-        from pipelines.tiny_family import build_tiny_family
+        from pipelines.demo_family.family import build_tiny_family
 
         return build_tiny_family()["dev"] / "transformer"
     folder = Path(args.weights) / "transformer"
@@ -133,10 +133,10 @@ def shared_parts(args, device, dtype) -> dict:
     """The VAE and the scheduler: the demo family's, or the real VAE architecture at random."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-    from pipelines.tiny_family import SCHEDULER_CONFIG
+    from pipelines.demo_family.base_models import SCHEDULER_CONFIG
 
     if args.tiny:
-        from pipelines.tiny_family import build_tiny_family
+        from pipelines.demo_family.family import build_tiny_family
 
         vae = AutoencoderKL.from_pretrained(build_tiny_family()["dev"] / "vae", torch_dtype=dtype).to(device)
     else:

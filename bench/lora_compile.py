@@ -47,16 +47,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from torch._dynamo.utils import counters
 
-    from pipelines.acceleration import setup_compile_cache
-    from pipelines.modes import generate
-    from pipelines.requests import ServerOffer, parse_request
-    from pipelines.sources import pick_placement
-    from pipelines.startup import demo_manager, warm_up_compiled
-    from pipelines.tiny_family import build_tiny_family, default_root
+    from pipelines.demo_family.family import build_tiny_family, default_root
+    from pipelines.models.acceleration import setup_compile_cache
+    from pipelines.models.sources import pick_placement
+    from pipelines.models.startup import demo_manager, warm_up_compiled
+    from pipelines.outputs.results import ResultStore
+    from pipelines.service import Playground
     from presets.acceleration import ACCELERATION
 
     setup_compile_cache(tempfile.mkdtemp(prefix="bench-compile-"))  # a cold cache: compiles are real
     manager = demo_manager(pick_placement(), acceleration=ACCELERATION.profile(args.profile))
+    playground = Playground(manager, ResultStore(Path(tempfile.mkdtemp(prefix="bench-results-"))))
     graphs = counters["stats"]["unique_graphs"]
     warmed = warm_up_compiled(manager, f"{args.size}x{args.size}", {})  # as the app does at start
     print(f"warm-up at start: {warmed['seconds']:.2f} s, {counters['stats']['unique_graphs'] - graphs} graphs "
@@ -73,11 +74,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "num_inference_steps": args.steps, "seed": 1, "loras": loras_field}
         if mode == "control":
             raw["image"] = str(REPO / "presets" / "examples" / "lake_sunset.jpg")
-        ranks, limit = manager.lora_ranks()
-        request = parse_request(mode, raw, ServerOffer(loras=frozenset(ranks), lora_ranks=ranks, lora_rank_limit=limit))
+        request = playground.parse(mode, {**raw, "enable_safety_checker": False})
         graphs = counters["stats"]["unique_graphs"]
         started = time.perf_counter()
-        generate(manager, request)
+        playground.execute(request)
         row = {"mode": mode, "loras": loras_field, "seconds": time.perf_counter() - started,
                "new_graphs": counters["stats"]["unique_graphs"] - graphs}
         rows.append(row)

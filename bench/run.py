@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-MODES = ("text_to_image", "image_to_image", "kontext_edit", "redux_variation", "inpaint", "outpaint", "control")
 EXAMPLE = str(REPO / "presets" / "examples" / "bluebird.jpg")
 
 
@@ -68,24 +67,26 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def measure(repeats: int, size: int, steps: int) -> dict:
-    from pipelines.requests import parse_request
-    from pipelines.results import ResultStore
+    from pipelines.models.sources import pick_placement
+    from pipelines.models.startup import demo_manager
+    from pipelines.modes.parsing import parse_request
+    from pipelines.modes.table import MODES
+    from pipelines.outputs.results import ResultStore
     from pipelines.service import Playground
-    from pipelines.sources import pick_placement
-    from pipelines.startup import demo_manager
 
     placement = pick_placement()
     started = time.perf_counter()
     manager = demo_manager(placement)
     startup_s = time.perf_counter() - started
     playground = Playground(manager, ResultStore(Path(tempfile.mkdtemp(prefix="bench-"))))
-    requests = {mode: parse_request(mode, raw_request(mode, size, steps)) for mode in MODES}
-    for mode in MODES:  # every component loaded once, before anything is timed
+    modes = tuple(MODES)
+    requests = {mode: parse_request(mode, raw_request(mode, size, steps)) for mode in modes}
+    for mode in modes:  # every component loaded once, before anything is timed
         playground.execute(requests[mode])
 
     rows = {}
-    for index, mode in enumerate(MODES):
-        other = requests[MODES[(index + 1) % len(MODES)]]
+    for index, mode in enumerate(modes):
+        other = requests[modes[(index + 1) % len(modes)]]
 
         def after_switch():
             playground.execute(other)

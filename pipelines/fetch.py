@@ -18,6 +18,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from pipelines.errors import FieldError
+
 MAX_REDIRECTS = 3
 DATA_URI = re.compile(r"^data:(?P<type>[\w/+.-]*)(?P<params>(;[\w=.+-]+)*)?,(?P<data>.*)$", re.DOTALL)
 
@@ -31,13 +33,6 @@ class FetchPolicy:
     timeout_seconds: float = 15.0
 
 
-class InputError(ValueError):
-    """An input that cannot be used; `field` is the API's name for it."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
 
 def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
@@ -49,27 +44,27 @@ def is_public_address(address: str) -> bool:
 def decode_data_uri(uri: str, field: str) -> bytes:
     match = DATA_URI.match(uri)
     if not match or ";base64" not in (match["params"] or ""):
-        raise InputError(field, f"{field} is not a base64 data URI (data:image/png;base64,...)")
+        raise FieldError(field, f"{field} is not a base64 data URI (data:image/png;base64,...)")
     try:
         return base64.b64decode(match["data"], validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(field, f"{field} holds invalid base64 data") from None
+        raise FieldError(field, f"{field} holds invalid base64 data") from None
 
 
 def _check_host(url: str, field: str, policy: FetchPolicy) -> None:
     """Refuse before connecting when the host resolves to any non-public address."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(field, f"{field} must be an http(s) URL, a data URI or an upload")
+        raise FieldError(field, f"{field} must be an http(s) URL, a data URI or an upload")
     if policy.allow_private:
         return
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
     except socket.gaierror as error:
-        raise InputError(field, f"{field}: could not resolve {parts.hostname} ({error.strerror})") from None
+        raise FieldError(field, f"{field}: could not resolve {parts.hostname} ({error.strerror})") from None
     private = sorted(a for a in addresses if not is_public_address(a))
     if private:
-        raise InputError(field, f"{field}: {parts.hostname} resolves to {private[0]}, a private, loopback "
+        raise FieldError(field, f"{field}: {parts.hostname} resolves to {private[0]}, a private, loopback "
                                 "or link-local address; such URLs are refused")
 
 
@@ -77,9 +72,9 @@ def _check_peer(response: httpx.Response, url: str, field: str, policy: FetchPol
     stream = response.extensions.get("network_stream")
     peer = stream.get_extra_info("server_addr") if stream is not None else None
     if peer is None:
-        raise InputError(field, f"{field}: could not tell which address {url} connected to")
+        raise FieldError(field, f"{field}: could not tell which address {url} connected to")
     if not policy.allow_private and not is_public_address(peer[0]):
-        raise InputError(field, f"{field}: {urlsplit(url).hostname} resolves to {peer[0]}, a private, "
+        raise FieldError(field, f"{field}: {urlsplit(url).hostname} resolves to {peer[0]}, a private, "
                                 "loopback or link-local address; such URLs are refused")
 
 
@@ -95,22 +90,22 @@ def fetch_url(url: str, field: str, policy: FetchPolicy) -> bytes:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code != 200:
-                        raise InputError(field, f"{field}: fetching {url} returned HTTP {response.status_code}")
+                        raise FieldError(field, f"{field}: fetching {url} returned HTTP {response.status_code}")
                     return _read_capped(response, url, field, policy)
-            raise InputError(field, f"{field}: {url} redirected more than {MAX_REDIRECTS} times")
+            raise FieldError(field, f"{field}: {url} redirected more than {MAX_REDIRECTS} times")
     except httpx.TimeoutException:
-        raise InputError(field, f"{field}: fetching {url} took longer than {policy.timeout_seconds:g} s") from None
+        raise FieldError(field, f"{field}: fetching {url} took longer than {policy.timeout_seconds:g} s") from None
     except httpx.HTTPError as error:
-        raise InputError(field, f"{field}: could not fetch {url} ({type(error).__name__}: {error})") from None
+        raise FieldError(field, f"{field}: could not fetch {url} ({type(error).__name__}: {error})") from None
 
 
 def _read_capped(response: httpx.Response, url: str, field: str, policy: FetchPolicy) -> bytes:
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-        raise InputError(field, f"{field}: {url} is {int(declared)} bytes; at most {policy.max_bytes} are accepted")
+        raise FieldError(field, f"{field}: {url} is {int(declared)} bytes; at most {policy.max_bytes} are accepted")
     body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
         if len(body) > policy.max_bytes:
-            raise InputError(field, f"{field}: {url} is larger than {policy.max_bytes} bytes")
+            raise FieldError(field, f"{field}: {url} is larger than {policy.max_bytes} bytes")
     return bytes(body)

@@ -1,8 +1,9 @@
-"""The playground's core service: a validated request in, stored images and their info out.
+"""The playground's service: the one way in for the page, gradio_client and every REST API.
 
-The Gradio endpoints (`pipelines/gradio_endpoints.py`) and the REST routes (`rest/`) are thin
-adapters over `Playground.execute`, so every way in runs the same code, holds the same
-accelerator lock and stores results in the same place.
+raw values -> `Playground.parse` (validation, seed, images decoded once) -> `Playground.execute`
+(admission -> the accelerator -> safety -> store). Only this service takes the accelerator
+lock and prepares a request; the Gradio endpoints (`ui/`) and the REST routes (`rest/`) are
+thin adapters over it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,18 +22,26 @@ from urllib.parse import urlsplit
 import torch
 from PIL import Image
 
-from pipelines.adapters import LoraError, lora_name
-from pipelines.fetch import FetchPolicy, InputError
-from pipelines.fields import format_loras
-from pipelines.images import MIME_TYPES, encode_image
-from pipelines.lora_sources import LoraSourcePolicy, is_url, resolve_source
-from pipelines.manager import PipelineManager
-from pipelines.metadata import encode_with_parameters, image_info
-from pipelines.modes import StepCallback, generate, prepare
-from pipelines.prompts import truncation_warnings
-from pipelines.requests import GenerationRequest, ServerOffer
-from pipelines.results import ResultStore
-from pipelines.safety import SafetyChecker, blank_like
+from pipelines.errors import FieldError
+from pipelines.fetch import FetchPolicy
+from pipelines.imaging.images import MIME_TYPES, encode_image
+from pipelines.loras.adapters import lora_name
+from pipelines.loras.sources import LoraSourcePolicy, is_url, resolve_source
+from pipelines.models.acceleration import request_cache_kind
+from pipelines.models.manager import PipelineManager
+from pipelines.modes.fields import format_loras
+from pipelines.modes.generation import StepCache, StepCallback, generate
+from pipelines.modes.parsing import parse_request
+from pipelines.modes.prompts import truncation_warnings
+from pipelines.modes.request_types import (
+    GenerationRequest,
+    ServerCapabilities,
+    with_seed,
+)
+from pipelines.modes.table import MODES
+from pipelines.outputs.metadata import encode_with_parameters, image_info
+from pipelines.outputs.results import ResultStore
+from pipelines.outputs.safety import SafetyChecker, blank_like
 
 log = logging.getLogger("flux_playground")
 
@@ -63,27 +72,6 @@ class ServerBusy(GenerationError):
     def __init__(self, waiting: int):
         super().__init__(f"The server is busy ({waiting} requests are waiting); try again in a moment.",
                          title="Busy")
-
-
-class ArrivalStamp:
-    """ASGI middleware noting when each HTTP request arrived, so a result can report how
-    long it waited before the accelerator took it."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            scope.setdefault("state", {})["received_at"] = time.monotonic()
-        await self.app(scope, receive, send)
-
-
-def arrival_time(scope: dict | None) -> float:
-    """When the request with this ASGI scope arrived (now, if it was not stamped)."""
-    try:
-        return scope["state"]["received_at"]
-    except (KeyError, TypeError):
-        return time.monotonic()
 
 
 @dataclass
@@ -152,30 +140,51 @@ class Playground:
     def status(self) -> dict[str, Any]:
         """The pipeline manager's state, the safety checker's and why the demo runs, if it does."""
         state = self.manager.status()
+        state["models"] = {name: self.manager.sources.label(mode.route_for(self.fill).models)
+                           for name, mode in MODES.items()}
         state["demo_reason"] = self.demo_reason
         if self.safety is not None:
             state["safety_checker"] = self.safety.status()
         return state
 
-    def offer(self) -> ServerOffer:
+    def capabilities(self) -> ServerCapabilities:
         """What requests may use now: the Fill model, the loaded LoRAs."""
         ranks, limit = self.manager.lora_ranks()
-        return ServerOffer(fill=bool(self.manager.sources.fill), loras=frozenset(ranks), lora_ranks=ranks,
-                           lora_rank_limit=limit)
+        return ServerCapabilities(fill=self.fill, loras=frozenset(ranks), lora_ranks=ranks, lora_rank_limit=limit)
+
+    @property
+    def fill(self) -> bool:
+        """FLUX.1-Fill-dev is configured: inpainting and outpainting run on it."""
+        return bool(self.manager.sources.fill)
+
+    def parse(self, mode: str, raw: Mapping[str, Any]) -> GenerationRequest:
+        """The one parse: raw values -> a validated request with its seed resolved, or a
+        FieldError naming every invalid field."""
+        return with_seed(parse_request(mode, raw, self.capabilities()))
+
+    def missing_components(self, request: GenerationRequest) -> list[str]:
+        """What the request's mode still has to load (its first request pays for it)."""
+        mode = MODES[request.mode]
+        return self.manager.missing_components(mode.route_for(self.fill).pipelines, mode.control(request))
+
+    def model_label(self, request: GenerationRequest) -> str:
+        """The models a request runs on, as shown with its results."""
+        mode = MODES[request.mode]
+        return self.manager.sources.label(mode.route_for(self.fill).models, mode.control(request))
 
     def load_lora(self, source: str, name: str | None = None) -> dict[str, Any]:
         """Load a user's LoRA (hub id, URL or a file in the LoRA folders) onto the dev
-        transformer; raises InputError naming the field when it cannot."""
+        transformer; raises FieldError naming the field when it cannot."""
         resolved = resolve_source(source, self.lora_sources)
         if not name and is_url(source):  # named after the URL's file, not the download's hash
             name = lora_name(urlsplit(source).path)
         try:
             lora = self.manager.load_lora(resolved, name or None)
-        except LoraError as error:
-            raise InputError(error.field, f"{error.field}: {error}") from None
+        except FieldError as error:
+            raise FieldError(error.field, f"{error.field}: {error}") from None
         except (ValueError, OSError, RuntimeError) as error:  # not a LoRA, not for FLUX, not found…
             log.warning("LoRA %s could not be loaded: %s", source, error)
-            raise InputError("source", f"source: {source} could not be loaded as a FLUX LoRA "
+            raise FieldError("source", f"source: {source} could not be loaded as a FLUX LoRA "
                                        f"({type(error).__name__}: {error})") from None
         lora.source = source
         return {"name": lora.name, **lora.status()}
@@ -183,8 +192,8 @@ class Playground:
     def unload_lora(self, name: str) -> None:
         try:
             self.manager.unload_lora(name)
-        except LoraError as error:
-            raise InputError(error.field, f"{error.field}: {error}") from None
+        except FieldError as error:
+            raise FieldError(error.field, f"{error.field}: {error}") from None
 
     def execute(
         self,
@@ -198,7 +207,7 @@ class Playground:
         request_id = uuid.uuid4().hex[:12]
         with self._admitted():
             request, images, flags, warnings, started, finished = self._generate(request, request_id, on_step, cancel)
-        model = self.manager.sources.label_for(request.mode, getattr(request, "control_type", None))
+        model = self.model_label(request)
         queued_ms, executed_ms = round((started - received_at) * 1000), round((finished - started) * 1000)
         info = {
             **request_info(request), "model": model, "request_id": request_id, "has_nsfw_concepts": flags,
@@ -252,8 +261,7 @@ class Playground:
             started = time.monotonic()
             try:
                 warnings = list(request.warnings) + self._prompt_warnings(request)
-                request = prepare(self.manager, request)
-                images = generate(self.manager, request, self._step_guard(started, on_step, cancel))
+                request, images = self._run_mode(request, self._step_guard(started, on_step, cancel))
                 flags = self._safety_flags(request, images)
             except GenerationError:
                 raise
@@ -271,6 +279,22 @@ class Playground:
                     f"Generation failed ({type(error).__name__}: {error}). Request id {request_id}."
                 ) from None
             return request, images, flags, warnings, started, time.monotonic()
+
+    def _run_mode(self, request: GenerationRequest, on_step: StepCallback) -> tuple[GenerationRequest, list]:
+        """The request's mode on its route's pipelines, prepared first (a control map), with
+        its step caching. Call with the accelerator lock held."""
+        mode = MODES[request.mode]
+        route = mode.route_for(self.fill)
+        pipes = self.manager.enter(mode.name, route.pipelines, mode.control(request), request.loras)
+        if mode.prepare is not None:
+            needed = mode.prepare_components(request)
+            request = mode.prepare(request, {name: self.manager.component(name) for name in needed})
+        return request, generate(mode, pipes, request, on_step, self._step_cache(request, route.pipelines[-1]))
+
+    def _step_cache(self, request: GenerationRequest, pipeline: str) -> StepCache:
+        requested = None if request.step_cache == "auto" else request.step_cache
+        report = self.manager.transformer_report(self.manager.transformer_of(pipeline))
+        return StepCache(request_cache_kind(self.manager.acceleration, requested), report.get("float8", False))
 
     def _safety_flags(self, request: GenerationRequest, images: list[Image.Image]) -> list[bool]:
         if self.safety is None or not request.enable_safety_checker:

@@ -6,17 +6,18 @@ changed in the TOML file changes everywhere at once.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
-PARAMETERS_FILE = Path(__file__).with_name("parameters.toml")
+# FLUX_PARAMETERS_FILE: another parameter file (your own ranges and defaults, or a new mode's entry).
+PARAMETERS_FILE = Path(os.environ.get("FLUX_PARAMETERS_FILE") or Path(__file__).with_name("parameters.toml"))
 EXAMPLES_FILE = Path(__file__).with_name("examples.toml")
 EXAMPLES_DIR = Path(__file__).with_name("examples")
 
-MODES = ("text_to_image", "image_to_image", "kontext_edit", "redux_variation", "inpaint", "outpaint", "control")
 MATCH_INPUT = "match_input"
 CUSTOM = "custom"
 
@@ -69,6 +70,8 @@ class ModeDefaults:
     defaults: Mapping[str, float]
     ranges: Mapping[str, tuple[float, float]]
     variants: Mapping[str, Mapping[str, float]]
+    labels: Mapping[str, str]  # the page's labels for its inputs, where they differ from the fields'
+    placeholders: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -133,11 +136,11 @@ def load_presets(path: Path = PARAMETERS_FILE) -> Presets:
             defaults=MappingProxyType(spec.get("defaults", {})),
             ranges=MappingProxyType({field: tuple(bounds) for field, bounds in spec.get("ranges", {}).items()}),
             variants=MappingProxyType({key: MappingProxyType(values) for key, values in spec.get("variants", {}).items()}),
+            labels=MappingProxyType(spec.get("labels", {})),
+            placeholders=MappingProxyType(spec.get("placeholders", {})),
         )
         for name, spec in data["modes"].items()
     }
-    if tuple(modes) != MODES:
-        raise ValueError(f"{path}: [modes] must list exactly {MODES}")
     choices = {name: Choice(name=name, label=spec["label"], values=tuple(spec["values"]), default=spec["default"])
                for name, spec in data["choices"].items()}
     return Presets(
@@ -166,9 +169,9 @@ def load_examples(path: Path = EXAMPLES_FILE) -> dict[str, list[dict[str, str]]]
     return {
         mode: [
             {key: str(EXAMPLES_DIR / value) if key == "image" else value for key, value in example.items()}
-            for example in data.get(mode, [])
+            for example in examples
         ]
-        for mode in MODES
+        for mode, examples in data.items()
     }
 
 

@@ -1,6 +1,6 @@
 """Typed, read-only view of `acceleration.toml`: the acceleration profiles and their settings.
 
-`pipelines.acceleration` applies a profile to a transformer and `pipelines.residency` picks
+`pipelines.models.acceleration` applies a profile to a transformer and `pipelines.models.residency` picks
 where the models live; both read these objects, so a threshold changed in the TOML file
 changes everywhere at once.
 """

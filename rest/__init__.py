@@ -14,7 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from pipelines.images import MIME_TYPES
+from pipelines.imaging.images import MIME_TYPES
 from pipelines.service import Playground
 from rest import fal_api, openai_api, runpod_api
 from rest.common import RestSettings

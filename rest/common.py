@@ -8,8 +8,9 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.requests import FieldError, RequestError, parse_request, with_seed
-from pipelines.service import GenerationResult, Playground, arrival_time
+from pipelines.errors import FieldError
+from pipelines.service import GenerationResult, Playground
+from rest.arrival import arrival_time
 from rest.inputs import FetchPolicy
 
 # The names each hosted API uses for the three models, and the repository each means.
@@ -62,19 +63,19 @@ def rename_field(error: FieldError, names: dict[str, str]) -> tuple[str, str]:
     return api_name, message
 
 
-def first_error(error: RequestError, names: dict[str, str]) -> tuple[str, str]:
-    return rename_field(error.errors[0], names)
+def first_error(error: FieldError, names: dict[str, str]) -> tuple[str, str]:
+    return rename_field(error.problems[0], names)
 
 
-def all_errors_message(error: RequestError, names: dict[str, str]) -> str:
-    return "; ".join(rename_field(problem, names)[1] for problem in error.errors)
+def all_errors_message(error: FieldError, names: dict[str, str]) -> str:
+    return "; ".join(rename_field(problem, names)[1] for problem in error.problems)
 
 
 async def run_request(playground: Playground, mode: str, raw: dict[str, Any], http: Request,
                       cancel=None) -> GenerationResult:
-    """Validate (RequestError) and run (GenerationError) off the event loop: the accelerator
+    """Validate (FieldError) and run (GenerationError) off the event loop: the accelerator
     lock is held for the whole generation."""
-    parsed = with_seed(parse_request(mode, raw, playground.offer()))
+    parsed = playground.parse(mode, raw)
     return await run_in_threadpool(playground.execute, parsed, arrival_time(http.scope), None, cancel)
 
 

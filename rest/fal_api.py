@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.requests import RequestError
+from pipelines.errors import FieldError
 from pipelines.service import GenerationError, GenerationResult, ServerBusy
 from rest.common import RestSettings, drop_none, rename_field, result_url, run_request
-from rest.inputs import InputError, load_image_input
+from rest.inputs import load_image_input
 
 # Our field names in fal's vocabulary, for error messages.
 FIELD_NAMES = {"image": "image_url", "mask_image": "mask_url", "width": "image_size", "height": "image_size",
@@ -125,12 +125,12 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
                 if body.loras:
                     raw["loras"] = await run_in_threadpool(lora_names, playground, body.loras)
                 result = await run_request(playground, mode, raw, http)
-            except InputError as error:
+            except FieldError as error:
                 return fal_error(FIELD_NAMES.get(error.field, error.field), str(error))
-            except RequestError as error:
+            except FieldError as error:
                 return JSONResponse(status_code=422, content={"detail": [
                     {"loc": ["body", field], "msg": message, "type": "value_error"}
-                    for field, message in (rename_field(problem, FIELD_NAMES) for problem in error.errors)]})
+                    for field, message in (rename_field(problem, FIELD_NAMES) for problem in error.problems)]})
             except ServerBusy as error:
                 return fal_error("body", str(error), status=503)
             except GenerationError as error:

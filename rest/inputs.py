@@ -7,15 +7,10 @@ import io
 
 from PIL import Image
 
-from pipelines.fetch import (
-    FetchPolicy,
-    InputError,
-    decode_data_uri,
-    fetch_url,
-    is_public_address,
-)
+from pipelines.errors import FieldError
+from pipelines.fetch import FetchPolicy, decode_data_uri, fetch_url, is_public_address
 
-__all__ = ["FetchPolicy", "InputError", "is_public_address", "load_image_input"]
+__all__ = ["FetchPolicy", "FieldError", "is_public_address", "load_image_input"]
 
 
 def load_image_input(value: str | bytes, field: str, policy: FetchPolicy) -> Image.Image:
@@ -24,14 +19,14 @@ def load_image_input(value: str | bytes, field: str, policy: FetchPolicy) -> Ima
     if isinstance(value, bytes):
         data = value
     elif not isinstance(value, str) or not value.strip():
-        raise InputError(field, f"{field} is required: a URL, a data URI or an upload")
+        raise FieldError(field, f"{field} is required: a URL, a data URI or an upload")
     elif value.startswith("data:"):
         data = decode_data_uri(value, field)
     else:
         data = fetch_url(value.strip(), field, policy)
     if len(data) > policy.max_bytes:
-        raise InputError(field, f"{field} is {len(data)} bytes; at most {policy.max_bytes} are accepted")
+        raise FieldError(field, f"{field} is {len(data)} bytes; at most {policy.max_bytes} are accepted")
     try:
         return Image.open(io.BytesIO(data))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(field, f"{field} could not be read as an image ({error})") from None
+        raise FieldError(field, f"{field} could not be read as an image ({error})") from None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.requests import GenerationRequest
+from pipelines.modes.request_types import GenerationRequest
 from pipelines.service import (
     GenerationCancelled,
     GenerationError,

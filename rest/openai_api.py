@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.images import size_at_area
-from pipelines.requests import RequestError
+from pipelines.errors import FieldError
+from pipelines.imaging.images import size_at_area
 from pipelines.service import GenerationError, GenerationResult, ServerBusy
 from presets import PRESETS
 from rest.common import (
@@ -31,7 +31,7 @@ from rest.common import (
     result_url,
     run_request,
 )
-from rest.inputs import InputError, load_image_input
+from rest.inputs import load_image_input
 
 # Our field names in OpenAI's vocabulary, for error messages.
 FIELD_NAMES = {"num_images": "n", "output_quality": "output_compression", "width": "size", "height": "size",
@@ -87,7 +87,7 @@ def parse_size(size: str | None, aspect_ratio: str | None) -> dict[str, Any]:
             if is_ratio:
                 width, height = size_at_area(width, height, ONE_MEGAPIXEL, PRESETS.size_multiple)
             return {"image_size": "custom", "width": floor_in_range(width), "height": floor_in_range(height)}
-    raise InputError("size", f'size must be "WxH" (e.g. "1024x768"), an aspect ratio "W:H" or "auto"; got {size!r}')
+    raise FieldError("size", f'size must be "WxH" (e.g. "1024x768"), an aspect ratio "W:H" or "auto"; got {size!r}')
 
 
 def shared_fields(values: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +124,7 @@ def images_response(result: GenerationResult, response_format: str, http: Reques
 async def _generate(playground, settings, mode: str, raw: dict, response_format: str, http: Request):
     try:
         result = await run_request(playground, mode, raw, http)
-    except RequestError as error:
+    except FieldError as error:
         param, _ = first_error(error, FIELD_NAMES)
         return openai_error(400, all_errors_message(error, FIELD_NAMES), param)
     except ServerBusy as error:
@@ -142,9 +142,9 @@ def repaint_mask(data: bytes, settings: RestSettings) -> Image.Image:
     try:
         alpha = mask.convert("RGBA").getchannel("A")
     except (OSError, ValueError) as error:
-        raise InputError("mask", f"mask could not be read as an image ({error})") from None
+        raise FieldError("mask", f"mask could not be read as an image ({error})") from None
     if alpha.getextrema()[0] == 255:
-        raise InputError("mask", "mask has no transparent pixels: make transparent the area to edit "
+        raise FieldError("mask", "mask has no transparent pixels: make transparent the area to edit "
                                  "(as OpenAI's images.edit takes it)")
     return ImageOps.invert(alpha)
 
@@ -180,7 +180,7 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
             raw = shared_fields(body.model_dump())
         except UnknownModel as error:
             return openai_error(404, str(error), "model", "model_not_found")
-        except InputError as error:
+        except FieldError as error:
             return openai_error(400, str(error), error.field)
         if model != "dev":
             return openai_error(400, f"{body.model} edits or varies images: use /v1/images/edits", "model")
@@ -198,19 +198,19 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
             model = resolve_model(str(values.get("model") or "flux.1-kontext-dev"))
             mode = EDIT_MODES[model]
             if not uploads:
-                raise InputError("image", "image is required: upload the image to edit")
+                raise FieldError("image", "image is required: upload the image to edit")
             raw = shared_fields(values)
             if values.get("size") in (None, "auto"):
                 raw["image_size"] = "match_input"
             raw["image"] = load_image_input(await uploads[0].read(), "image", settings.fetch)
             if hasattr(form.get("mask"), "read"):
                 if model == "redux":
-                    raise InputError("mask", "mask: Redux makes variations of the whole image; inpaint with "
+                    raise FieldError("mask", "mask: Redux makes variations of the whole image; inpaint with "
                                              "flux.1-dev or flux.1-kontext-dev")
                 mode, raw["mask_image"] = "inpaint", repaint_mask(await form["mask"].read(), settings)
         except UnknownModel as error:
             return openai_error(404, str(error), "model", "model_not_found")
-        except InputError as error:
+        except FieldError as error:
             return openai_error(400, str(error), error.field)
         return await _generate(playground, settings, mode, raw, str(values.get("response_format") or "url"), http)
 

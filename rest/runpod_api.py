@@ -13,13 +13,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.requests import RequestError, parse_request, with_seed
+from pipelines.errors import FieldError
 from pipelines.service import (
     GenerationError,
     GenerationResult,
     ServerBusy,
-    arrival_time,
 )
+from rest.arrival import arrival_time
 from rest.common import (
     MODEL_MODES,
     RestSettings,
@@ -28,7 +28,7 @@ from rest.common import (
     first_error,
     resolve_model,
 )
-from rest.inputs import InputError, load_image_input
+from rest.inputs import load_image_input
 from rest.jobs import JobQueue
 
 # Our field names in RunPod's vocabulary, for error messages.
@@ -53,7 +53,7 @@ def parse_star_size(size: Any) -> tuple[Any, Any]:
     """RunPod Kontext's "W*H"."""
     parts = str(size).split("*")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise InputError("size", f'size must be "width*height", e.g. "1024*1024"; got {size!r}')
+        raise FieldError("size", f'size must be "width*height", e.g. "1024*1024"; got {size!r}')
     return int(parts[0]), int(parts[1])
 
 
@@ -99,12 +99,12 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
         try:
             model = resolve_model(model_name)
             raw = raw_fields(model, body.input, settings)
-            return model, with_seed(parse_request(MODEL_MODES[model], raw))
+            return model, playground.parse(MODEL_MODES[model], raw)
         except UnknownModel as error:
             return failed(404, str(error))
-        except InputError as error:
+        except FieldError as error:
             return failed(400, f"Invalid parameter: {error}")
-        except RequestError as error:
+        except FieldError as error:
             names = FIELD_NAMES if model == "dev" else KONTEXT_FIELD_NAMES
             return failed(400, f"Invalid parameter: {first_error(error, names)[1]}")
 

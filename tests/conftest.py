@@ -75,7 +75,7 @@ def family_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def family(family_root) -> dict[str, Path]:
-    from pipelines.tiny_family import build_tiny_family
+    from pipelines.demo_family.family import build_tiny_family
 
     return build_tiny_family(family_root)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import acceleration, residency
-from pipelines.acceleration import (
+from pipelines.models import acceleration, residency
+from pipelines.models.acceleration import (
     apply_profile,
     compiled_blocks,
     request_cache,

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, FAST, call, pixels, result_images, running_server
+from conftest import (
+    EXAMPLE_BIRD,
+    EXAMPLE_LAKE,
+    FAST,
+    call,
+    pixels,
+    result_images,
+    running_server,
+)
 from gradio_client import Client
 
 from ui.tabs import compiled_lora_note

@@ -6,7 +6,8 @@ import base64
 
 import pytest
 
-from rest.inputs import FetchPolicy, InputError, is_public_address, load_image_input
+from pipelines.errors import FieldError
+from rest.inputs import FetchPolicy, is_public_address, load_image_input
 
 OPEN = FetchPolicy(allow_private=True)
 
@@ -24,7 +25,7 @@ def test_url_image_is_fetched(image_server):
 
 
 def test_loopback_is_refused_by_default(image_server):
-    with pytest.raises(InputError, match="127.0.0.1, a private, loopback or link-local address"):
+    with pytest.raises(FieldError, match="127.0.0.1, a private, loopback or link-local address"):
         load_image_input(f"{image_server}/bluebird.jpg", "image_url", FetchPolicy())
 
 
@@ -35,28 +36,28 @@ def test_every_redirect_hop_is_checked(image_server, monkeypatch):
     real = pipelines.fetch.is_public_address
     monkeypatch.setattr(pipelines.fetch, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
     assert load_image_input(f"{image_server}/redirect-to//bluebird.jpg", "image_url", FetchPolicy()).size == (640, 640)
-    with pytest.raises(InputError, match="169.254.169.254, a private, loopback or link-local address"):
+    with pytest.raises(FieldError, match="169.254.169.254, a private, loopback or link-local address"):
         load_image_input(f"{image_server}/redirect-to/http://169.254.169.254/latest", "image_url", FetchPolicy())
 
 
 def test_size_cap_and_missing_files(image_server):
-    with pytest.raises(InputError, match="larger than 1000 bytes|at most 1000 are accepted"):
+    with pytest.raises(FieldError, match="larger than 1000 bytes|at most 1000 are accepted"):
         load_image_input(f"{image_server}/bluebird.jpg", "image_url", FetchPolicy(allow_private=True, max_bytes=1000))
-    with pytest.raises(InputError, match="returned HTTP 404"):
+    with pytest.raises(FieldError, match="returned HTTP 404"):
         load_image_input(f"{image_server}/missing.png", "image_url", OPEN)
 
 
 def test_other_schemes_and_bad_data_uris_are_refused():
-    with pytest.raises(InputError, match="must be an http"):
+    with pytest.raises(FieldError, match="must be an http"):
         load_image_input("file:///etc/passwd", "image_url", OPEN)
-    with pytest.raises(InputError, match="must be an http"):
+    with pytest.raises(FieldError, match="must be an http"):
         load_image_input("/etc/passwd", "image_url", OPEN)
-    with pytest.raises(InputError, match="invalid base64"):
+    with pytest.raises(FieldError, match="invalid base64"):
         load_image_input("data:image/png;base64,@@@", "image_url", OPEN)
-    with pytest.raises(InputError, match="could not be read as an image"):
+    with pytest.raises(FieldError, match="could not be read as an image"):
         load_image_input("data:image/png;base64," + base64.b64encode(b"not an image").decode(), "image_url", OPEN)
 
 
 def test_unresolvable_host_says_so():
-    with pytest.raises(InputError, match="could not resolve no-such-host.invalid"):
+    with pytest.raises(FieldError, match="could not resolve no-such-host.invalid"):
         load_image_input("http://no-such-host.invalid/x.png", "image_url", FetchPolicy())

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pipelines.images import InputImageError, load_input_image, to_rgb
+from pipelines.errors import FieldError
+from pipelines.imaging.images import load_input_image, to_rgb
 from presets import PRESETS
 
 MIN_SIDE, MAX_PIXELS = PRESETS.input_min_side, PRESETS.input_max_pixels
@@ -100,7 +101,7 @@ NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 192, 3),
 def test_unreadable_files_are_refused_with_the_reason(tmp_path, data, reason):
     path = write(tmp_path, "upload.png", data)
     for source in (path, data):
-        with pytest.raises(InputImageError) as refused:
+        with pytest.raises(FieldError) as refused:
             load(source, field="image_url")
         assert refused.value.field == "image_url"
         message = str(refused.value)
@@ -117,16 +118,16 @@ def test_input_image_error_is_a_value_error():
 
 def test_formats_outside_the_list_are_refused(tmp_path):
     ppm = encoded(Image.new("RGB", (64, 64)), "PPM")
-    with pytest.raises(InputImageError, match=r"not a recognised image format\); use a PNG"):
+    with pytest.raises(FieldError, match=r"not a recognised image format\); use a PNG"):
         load(write(tmp_path, "x.ppm", ppm))
-    with pytest.raises(InputImageError, match="PPM files are not accepted"):
+    with pytest.raises(FieldError, match="PPM files are not accepted"):
         load(Image.open(io.BytesIO(ppm)))  # opened elsewhere without the format list
 
 
 def test_missing_file_and_wrong_source_type():
-    with pytest.raises(InputImageError, match="could not be read as an image .*No such file"):
+    with pytest.raises(FieldError, match="could not be read as an image .*No such file"):
         load("/nonexistent/upload.png")
-    with pytest.raises(InputImageError, match="image must be an image file .*got int"):
+    with pytest.raises(FieldError, match="image must be an image file .*got int"):
         load(42)
 
 
@@ -141,7 +142,7 @@ def test_limits_come_from_presets():
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_too_many_pixels_is_refused_from_the_header(no_decoding):
     # 48 MP: over our limit, under twice Pillow's (now equal) limit: our check refuses it.
-    with pytest.raises(InputImageError) as refused:
+    with pytest.raises(FieldError) as refused:
         load(png_claiming(8000, 6000))
     assert str(refused.value) == ("image is 8000x6000 = 48,000,000 pixels; at most 40,000,000 "
                                   "pixels (40 megapixels) are accepted")
@@ -151,7 +152,7 @@ def test_decompression_bomb_is_refused_by_pillows_guard_without_decoding(no_deco
     # 10 gigapixels (40 GB as RGBA): Pillow refuses it inside Image.open; the message is ours.
     path = write(tmp_path, "bomb.png", png_claiming(100_000, 100_000))
     assert path.stat().st_size < 100
-    with pytest.raises(InputImageError) as refused:
+    with pytest.raises(FieldError) as refused:
         load(path, field="image")
     assert str(refused.value) == ("image is 10,000,000,000 pixels; at most 40,000,000 pixels "
                                   "(40 megapixels) are accepted")
@@ -159,7 +160,7 @@ def test_decompression_bomb_is_refused_by_pillows_guard_without_decoding(no_deco
 
 @pytest.mark.parametrize("size", [(40, 300), (300, 40), (1, 1), (63, 64)])
 def test_tiny_images_are_refused_with_size_and_minimum(size):
-    with pytest.raises(InputImageError) as refused:
+    with pytest.raises(FieldError) as refused:
         load(encoded(Image.new("RGB", size), "PNG"))
     assert str(refused.value) == f"image is {size[0]}x{size[1]}; each side must be at least 64 px"
 

@@ -8,10 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines.adapters import LoraError
-from pipelines.lora_slot import Factors, FoldedLora, SlotError, combined_state_dict, fit_columns
-from pipelines.requests import RequestError, ServerOffer, parse_request
-from pipelines.sources import pick_placement
+from pipelines.errors import FieldError
+from pipelines.loras.slot import (
+    Factors,
+    FoldedLora,
+    SlotError,
+    combined_state_dict,
+    fit_columns,
+)
+from pipelines.models.sources import pick_placement
+from pipelines.modes.parsing import parse_request
+from pipelines.modes.request_types import ServerCapabilities
 from presets.acceleration import ACCELERATION
 
 
@@ -49,22 +56,22 @@ def test_down_projections_fit_the_control_widened_input():
 
 
 def test_validation_names_the_rank_limit():
-    offer = ServerOffer(loras=frozenset({"a", "b"}), lora_ranks={"a": 40, "b": 32}, lora_rank_limit=64)
+    offer = ServerCapabilities(loras=frozenset({"a", "b"}), lora_ranks={"a": 40, "b": 32}, lora_rank_limit=64)
     request = {"prompt": "a lighthouse"}
     assert parse_request("text_to_image", {**request, "loras": "a:1"}, offer).loras == (("a", 1.0),)
-    with pytest.raises(RequestError) as raised:
+    with pytest.raises(FieldError) as raised:
         parse_request("text_to_image", {**request, "loras": "a:1, b:0.5"}, offer)
     message = str(raised.value)
     assert "loras" in message and "add up to 72" in message and "rank 64 (--lora-rank)" in message
     # Without a compiled transformer there is no such limit.
-    plain = ServerOffer(loras=frozenset({"a", "b"}), lora_ranks={"a": 40, "b": 32})
+    plain = ServerCapabilities(loras=frozenset({"a", "b"}), lora_ranks={"a": 40, "b": 32})
     assert len(parse_request("text_to_image", {**request, "loras": "a, b"}, plain).loras) == 2
 
 
 @pytest.fixture(scope="module")
 def compiled_manager(family):
     """A demo manager with the regular profile (compilation is lazy: nothing compiles here)."""
-    from pipelines.startup import demo_manager
+    from pipelines.models.startup import demo_manager
 
     return lambda rank: demo_manager(pick_placement(), acceleration=ACCELERATION.profile("regular"), lora_rank=rank)
 
@@ -84,13 +91,13 @@ def test_a_compiled_manager_folds_loras_into_the_slot(compiled_manager, family):
     manager.unload_lora("style")
     assert list(transformer.peft_config) == ["playground_loras"]  # the slot stays, switched off
     assert not manager.pipeline("text_to_image").get_list_adapters().get("text_encoder")
-    with pytest.raises(LoraError, match="server's own"):
+    with pytest.raises(FieldError, match="server's own"):
         manager.load_lora(str(family["loras"] / "tiny-style-lora"), "playground_loras")
 
 
 def test_a_lora_above_the_slot_rank_is_refused_and_leaves_nothing(compiled_manager, family):
     manager = compiled_manager(2)
-    with pytest.raises(LoraError, match="rank is 4.*--lora-rank 4") as raised:
+    with pytest.raises(FieldError, match="rank is 4.*--lora-rank 4") as raised:
         manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
     assert raised.value.field == "source"
     assert manager.lora_names() == frozenset()
@@ -107,10 +114,10 @@ def test_a_text_encoder_only_lora_leaves_the_slot_alone(compiled_manager, family
     manager.load_lora(str(tmp_path / "words.safetensors"), "words")
     assert manager.lora_ranks() == ({"style": 4, "words": 0}, 64)
     with manager.lock:
-        pipe = manager.enter_mode("text_to_image", loras=(("style", 1.0), ("words", 0.5)))[0]
+        pipe = manager.enter("text_to_image", ("text_to_image",), loras=(("style", 1.0), ("words", 0.5)))[0]
         assert pipe.transformer.active_adapters() == ["playground_loras"]
         assert pipe.text_encoder.active_adapters() == ["words"]
-        manager.enter_mode("text_to_image", loras=(("words", 1.0),))
+        manager.enter("text_to_image", ("text_to_image",), loras=(("words", 1.0),))
         assert active_slot(pipe) == []
 
 
@@ -126,15 +133,15 @@ def test_a_failed_control_rebuild_leaves_the_loras_working(family, tmp_path, pro
     in the next one (with one adapter per LoRA and with the slot)."""
     from dataclasses import replace
 
-    from pipelines.startup import demo_manager
+    from pipelines.models.startup import demo_manager
 
     manager = demo_manager(pick_placement(), acceleration=ACCELERATION.profile(profile))
     manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
     manager.sources = replace(manager.sources, canny_lora=str(tmp_path / "no-such-lora"))
     with manager.lock:
         with pytest.raises(ValueError, match="no-such-lora"):
-            manager.enter_mode("control", "canny", loras=(("style", 1.0),))
-        pipe = manager.enter_mode("text_to_image", loras=(("style", 1.0),))[0]
+            manager.enter("control", ("control",), "canny", loras=(("style", 1.0),))
+        pipe = manager.enter("text_to_image", ("text_to_image",), loras=(("style", 1.0),))[0]
     adapter = "playground_loras" if profile == "regular" else "style"
     assert pipe.transformer.active_adapters() == [adapter]
     assert manager.status()["adapters"]["control"] is None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.masks import (
+from pipelines.imaging.masks import (
     aspect_margins,
     feather_inward,
     keep_unmasked,

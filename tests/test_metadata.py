@@ -8,9 +8,9 @@ import struct
 import pytest
 from PIL import Image, PngImagePlugin, TiffImagePlugin
 
-from pipelines.images import encode_image
-from pipelines.infotext import format_infotext, parse_infotext
-from pipelines.metadata import (
+from pipelines.imaging.images import encode_image
+from pipelines.outputs.infotext import format_infotext, parse_infotext
+from pipelines.outputs.metadata import (
     EXIF_IFD,
     IMAGE_DESCRIPTION,
     USER_COMMENT,
@@ -187,7 +187,7 @@ def test_a1111_png_without_json_restores_from_its_text():
 
 
 def test_a1111_jpeg_user_comment_restores_without_json():
-    from pipelines.metadata import _exif
+    from pipelines.outputs.metadata import _exif
 
     buffer = io.BytesIO()
     gradient().save(buffer, format="JPEG", exif=_exif("a tree\nSteps: 4, CFG scale: 2, Seed: 8", None))

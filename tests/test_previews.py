@@ -8,7 +8,7 @@ import torch
 from diffusers import FluxImg2ImgPipeline, FluxKontextPipeline, FluxPipeline
 from PIL import Image
 
-from pipelines.previews import (
+from pipelines.imaging.previews import (
     FLUX_LATENT_RGB_BIAS,
     FLUX_LATENT_RGB_FACTORS,
     latents_to_rgb,

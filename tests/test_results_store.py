@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipelines.results import ResultStore
+from pipelines.outputs.results import ResultStore
 
 
 def stored(store: ResultStore, mode: str = "text_to_image", extension: str = "png", **entry) -> str:
@@ -124,7 +124,7 @@ def test_a_partial_last_line_costs_only_itself(tmp_path):
 
 
 def test_history_reads_across_block_boundaries(tmp_path, monkeypatch):
-    from pipelines import results
+    from pipelines.outputs import results
 
     store = ResultStore(tmp_path)
     ids = [stored(store, prompt="x" * (i * 7)) for i in range(30)]

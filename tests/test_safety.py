@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.safety import (
+from pipelines.outputs.safety import (
     DEFAULT_SAFETY_MODEL,
     DEFAULT_THRESHOLD,
     SafetyChecker,

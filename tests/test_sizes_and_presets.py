@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 
-from pipelines.images import fit_size, kontext_size, size_at_area
-from pipelines.requests import RequestError, parse_request
+from pipelines.errors import FieldError
+from pipelines.imaging.images import fit_size, kontext_size, size_at_area
+from pipelines.modes.parsing import parse_request
 from presets import PRESETS
 
 
@@ -49,7 +50,7 @@ def test_defaults_come_from_presets():
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "28", [28]])
 def test_non_numbers_are_refused(value):
-    with pytest.raises(RequestError, match="num_inference_steps must be an integer from 1 to 50"):
+    with pytest.raises(FieldError, match="num_inference_steps must be an integer from 1 to 50"):
         parse_request("text_to_image", {"prompt": "x", "num_inference_steps": value})
 
 
@@ -60,5 +61,5 @@ def test_variants_bring_their_own_defaults_and_modes_their_own_ranges():
     assert (depth.guidance_scale, depth.num_inference_steps) == (10.0, 30)
     assert (canny.guidance_scale, canny.num_inference_steps) == (30.0, 50)
     assert PRESETS.field("guidance_scale", "control").max == 50 > PRESETS.field("guidance_scale").max
-    with pytest.raises(RequestError, match="guidance_scale must be a number from 0 to 20"):
+    with pytest.raises(FieldError, match="guidance_scale must be a number from 0 to 20"):
         parse_request("text_to_image", {"prompt": "x", "guidance_scale": 30})

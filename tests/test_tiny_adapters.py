@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-from pipelines.tiny_adapters import TRAINING_TARGETS
+from pipelines.demo_family.adapters import TRAINING_TARGETS
 
 RUN = {"height": 128, "width": 128, "num_inference_steps": 2}  # 8x8 packed tokens: quick, real geometry
 STYLE, KOHYA = "tiny-style-lora", "tiny-kohya-style.safetensors"

@@ -13,7 +13,7 @@ from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RES
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from pipelines.tiny_family import FAMILY_VERSION, build_tiny_family, default_root
+from pipelines.demo_family.family import FAMILY_VERSION, build_tiny_family, default_root
 
 FLUX_FILES = """
 model_index.json

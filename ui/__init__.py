@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.gradio_endpoints import QueueGate
 from pipelines.service import Playground
 from ui.history import history_tab, wire_restore_from_files
-from ui.tabs import fill_control_defaults, lora_tab, mode_tabs
+from ui.queue_gate import QueueGate
+from ui.tabs import fill_variant_defaults, lora_tab, mode_tabs
 
 
 def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
@@ -27,7 +27,7 @@ def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
             lora_tab(playground)
             history_tab(playground, tab, tabs)
         wire_restore_from_files(tab, tabs)
-        fill_control_defaults(demo, tab["control"]["controls"])
+        fill_variant_defaults(demo, tab)
         with gr.Accordion("Model status", open=False):
             status = gr.JSON(label="Pipeline manager")
             refresh = gr.Button("Refresh", size="sm")

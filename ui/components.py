@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.gradio_endpoints import ENDPOINTS
-from pipelines.requests import LORA_MODES
+from pipelines.modes.table import MODES
 from presets import CUSTOM, PRESETS
 
 # Gradio's Slider, Number, Dropdown, Radio and Image check values in `preprocess` and refuse
@@ -75,7 +74,7 @@ def settings_controls(mode: str, variant: str | None = None) -> dict[str, gr.Com
     size_default = PRESETS.modes[mode].image_size
     controls: dict[str, gr.Component] = {}
     with gr.Accordion("Settings", open=True):
-        if ENDPOINTS[mode].sized:
+        if MODES[mode].sized:
             controls.update(size_controls(mode, size_default))
         else:
             controls["num_images"] = slider("num_images")
@@ -97,7 +96,7 @@ def settings_controls(mode: str, variant: str | None = None) -> dict[str, gr.Com
                                           info="auto: the server's acceleration profile decides (off unless it "
                                                "is high). Caching skips transformer work on steps that change "
                                                "little: faster, slightly different.")
-        if mode in LORA_MODES:
+        if MODES[mode].route.takes_loras:
             controls["loras"] = gr.Textbox(
                 label="LoRAs", placeholder="name:weight, name2:weight", max_lines=1,
                 info="Loaded LoRAs to apply, by name (see the LoRAs tab), each with a weight (default 1).",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.gradio_endpoints import restorable_values
-from pipelines.metadata import read_parameters
+from pipelines.outputs.metadata import read_parameters
 from pipelines.service import Playground
+from ui.endpoints import restorable_values
 
 
 def history_tab(playground: Playground, tab: dict, tabs: gr.Tabs) -> None:

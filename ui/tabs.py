@@ -1,19 +1,12 @@
-"""The mode tabs: each declares its inputs and wires its Generate button to its API endpoint."""
+"""The mode tabs, one per mode of the table: each declares its inputs from the mode's parameters
+and wires its Generate button to its API endpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import gradio as gr
 
-from pipelines.gradio_endpoints import (
-    ENDPOINTS,
-    QueueGate,
-    make_endpoint,
-    make_lora_endpoints,
-    make_validator,
-)
-from pipelines.lora_sources import available_loras
+from pipelines.loras.sources import available_loras
+from pipelines.modes.table import MODES, Mode
 from pipelines.service import Playground
 from presets import EXAMPLES, PRESETS
 from ui.components import (
@@ -27,167 +20,163 @@ from ui.components import (
     settings_controls,
     slider,
 )
+from ui.endpoints import (
+    ParsedRequests,
+    endpoint_parameters,
+    make_endpoint,
+    make_lora_endpoints,
+    make_validator,
+)
+from ui.queue_gate import QueueGate
 
 # Every generating endpoint shares one accelerator: one request at a time across all tabs.
 ACCELERATOR = "accelerator"
 
 
-def wire(playground: Playground, gate: QueueGate, mode: str, button: gr.Button, controls: dict, outputs: list):
+def wire(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mode: Mode, button: gr.Button,
+         controls: dict, outputs: list):
     """Bind a tab's Generate button to its endpoint: one named API route per mode."""
-    names = ENDPOINTS[mode].parameters
+    names = endpoint_parameters(mode)
     return button.click(
-        make_endpoint(playground, mode), [controls[name] for name in names], outputs, api_name=mode,
-        validator=make_validator(mode, gate, playground.offer),
+        make_endpoint(playground, mode.name, parsed), [controls[name] for name in names], outputs,
+        api_name=mode.name, validator=make_validator(playground, mode.name, parsed, gate),
         concurrency_id=ACCELERATOR, concurrency_limit=1,
     )
 
 
-def mode_tab(playground: Playground, gate: QueueGate, mode: str, build_inputs: Callable[[], dict],
-             add_to_results=None, variant: str | None = None, on_built=None) -> dict:
-    """A tab: its own inputs (from `build_inputs`), the shared settings, results and examples.
-    `add_to_results(controls, outputs)` may add controls under the results; `on_built(controls)`
-    may wire events between the finished controls."""
-    with gr.Tab(PRESETS.modes[mode].title, id=mode):
+def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mode: Mode) -> dict:
+    """A mode's tab: its own inputs, the shared settings, results and examples."""
+    variant = mode.variant({}, playground.fill, PRESETS.choices)
+    with gr.Tab(PRESETS.modes[mode.name].title, id=mode.name):
         with gr.Row():
             with gr.Column(scale=5):
-                controls = build_inputs()
+                controls = mode_inputs(mode, variant)
                 with gr.Row():
                     button = gr.Button("Generate", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
-                controls.update(settings_controls(mode, variant))
+                controls.update(settings_controls(mode.name, variant))
             with gr.Column(scale=6):
                 outputs = list(results_column())
-                if ENDPOINTS[mode].returns_control_image:
+                if mode.returns_control_image:
                     outputs.append(gr.Image(label="Control map used", interactive=False, height=300,
                                             elem_id="control-map"))
-                if add_to_results:
-                    add_to_results(controls, outputs)
-        example_fields = list(EXAMPLES[mode][0]) if EXAMPLES[mode] else []
-        if example_fields:
-            gr.Examples([[ex[k] for k in example_fields] for ex in EXAMPLES[mode]],
+                if mode.chains_results:
+                    add_iterative_editing(controls, outputs)
+        examples = EXAMPLES.get(mode.name, [])
+        if examples:
+            example_fields = list(examples[0])
+            gr.Examples([[ex[k] for k in example_fields] for ex in examples],
                         [controls[k] for k in example_fields], label="Examples")
-        generation = wire(playground, gate, mode, button, controls, outputs)
+        generation = wire(playground, gate, parsed, mode, button, controls, outputs)
         # Stopping closes the endpoint's stream, which cancels the generation at its next step.
         stop.click(None, None, None, cancels=[generation], api_visibility="private", queue=False)
         with gr.Accordion("Restore parameters from a saved image", open=False):
             saved = gr.File(label="Drop a PNG, JPEG or WebP saved by this playground", file_types=["image"],
-                            elem_id=f"restore-{mode}")
-        if on_built:
-            on_built(controls)
+                            elem_id=f"restore-{mode.name}")
+        if mode.variant_field:
+            follow_variant(mode, controls)
     return {"controls": controls, "restore_from": saved}
 
 
 def mode_tabs(playground: Playground, gate: QueueGate) -> dict[str, dict]:
-    """Every mode's tab, in the order of the page."""
-    fill = "fill" if playground.offer().fill else None
-    return {
-        "text_to_image": mode_tab(playground, gate, "text_to_image", lambda: {
-            "prompt": prompt_box(), **negative_prompt_controls()}),
-        "image_to_image": mode_tab(playground, gate, "image_to_image", lambda: {
-            "image": image_input("Input image"),
-            "prompt": prompt_box(),
-            "strength": slider("strength"),
-        }),
-        "kontext_edit": mode_tab(playground, gate, "kontext_edit", lambda: {
-            "image": image_input("Image to edit"),
-            "prompt": prompt_box("Instruction", "What to change, e.g. 'make it a watercolor'", 2),
-            **negative_prompt_controls(),
-        }, add_to_results=add_iterative_editing),
-        "redux_variation": mode_tab(playground, gate, "redux_variation", lambda: {
-            "image": image_input("Source image"),
-            "prompt": prompt_box("Prompt (optional)", "Optionally steer the variations", 2),
-            "prompt_embeds_scale": slider("prompt_embeds_scale"),
-            "pooled_prompt_embeds_scale": slider("pooled_prompt_embeds_scale"),
-        }),
-        "inpaint": mode_tab(playground, gate, "inpaint", lambda: inpaint_inputs(fill), variant=fill),
-        "outpaint": mode_tab(playground, gate, "outpaint", lambda: outpaint_inputs(fill), variant=fill),
-        "control": mode_tab(playground, gate, "control", control_inputs, variant="canny",
-                            on_built=follow_control_type),
-    }
+    """Every mode's tab, in the order of the mode table."""
+    parsed = ParsedRequests()
+    return {name: mode_tab(playground, gate, parsed, mode) for name, mode in MODES.items()}
 
 
-def inpaint_inputs(variant: str | None) -> dict[str, gr.Component]:
-    controls: dict[str, gr.Component] = {
-        "image": ImageEditor(
-            label="Image: paint over what to change", type="filepath", sources=["upload", "clipboard"],
+# Sliders that apply to one value of a mode's variant field only (the Canny thresholds).
+SHOWN_FOR = {"canny_low_threshold": "canny", "canny_high_threshold": "canny"}
+CHOICE_INFO = {
+    "control_type": "Canny follows the edges; Depth follows near and far.",
+    "aspect_ratio": "Instead of pixels: grow the short side evenly to this aspect.",
+}
+
+
+def mode_inputs(mode: Mode, variant: str | None) -> dict[str, gr.Component]:
+    """A mode's own inputs, in the order of its parameters, each built for its field; runs of
+    sliders share a row."""
+    labels, placeholders = PRESETS.modes[mode.name].labels, PRESETS.modes[mode.name].placeholders
+    controls: dict[str, gr.Component] = {}
+    names = [name for name in mode.parameters if name != "true_cfg_scale"]  # it joins the negative prompt
+    index = 0
+    while index < len(names):
+        name = names[index]
+        if name in PRESETS.fields:
+            run = [name]
+            while index + len(run) < len(names) and names[index + len(run)] in PRESETS.fields:
+                run.append(names[index + len(run)])
+            with gr.Row():
+                for field in run:
+                    controls[field] = slider(field, mode.name, variant,
+                                             **({"visible": SHOWN_FOR[field] == variant} if field in SHOWN_FOR else {}))
+            index += len(run)
+            continue
+        controls.update(field_input(mode, name, labels, placeholders))
+        index += 1
+    return controls
+
+
+def field_input(mode: Mode, name: str, labels, placeholders) -> dict[str, gr.Component]:
+    """The control (or controls) of one non-numeric field."""
+    label = labels.get(name)
+    if name == "prompt":
+        placeholder = placeholders.get(name)
+        return {name: prompt_box(label or "Prompt", placeholder or "Describe the image", 2 if placeholder else 3)}
+    if name == "negative_prompt":
+        return negative_prompt_controls()
+    if name == "image" and "mask_image" in mode.parameters:  # the mask is painted on the image
+        return {name: ImageEditor(
+            label=label or "Image: paint over what to change", type="filepath", sources=["upload", "clipboard"],
             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=40), eraser=gr.Eraser(),
-            layers=False, transforms=(), height=420, elem_id="inpaint-editor"),
-    }
-    with gr.Accordion("Or upload a mask", open=False):
-        controls["mask_image"] = image_input("Mask: white is repainted (replaces the painted mask)", height=240)
-    controls["prompt"] = prompt_box("Prompt", "What the painted area should show", 2)
-    with gr.Row():
-        controls["strength"] = slider("strength", "inpaint", variant)
-        controls["mask_blur"] = slider("mask_blur")
-    return controls
+            layers=False, transforms=(), height=420, elem_id=f"{mode.name}-editor")}
+    if name == "mask_image":
+        with gr.Accordion("Or upload a mask", open=False):
+            return {name: image_input(label or "Mask: white is repainted (replaces the painted mask)", height=240)}
+    if name == "image":
+        return {name: image_input(label or "Input image")}
+    if name in PRESETS.flags:
+        flag = PRESETS.flags[name]
+        return {name: gr.Checkbox(value=flag.default, label=flag.label, info=flag.info)}
+    choice = PRESETS.choices[name]
+    component = Radio if len(choice.values) <= 3 else Dropdown
+    return {name: component(list(choice.values), value=choice.default, label=choice.label,
+                            info=CHOICE_INFO.get(name))}
 
 
-def outpaint_inputs(variant: str | None) -> dict[str, gr.Component]:
-    controls: dict[str, gr.Component] = {
-        "image": image_input("Image to extend"),
-        "prompt": prompt_box("Prompt", "The whole scene, including what lies beyond the edges", 2),
-    }
-    with gr.Row():
-        for side in ("left", "right", "top", "bottom"):
-            controls[f"expand_{side}"] = slider(f"expand_{side}")
-    ratio = PRESETS.choices["aspect_ratio"]
-    controls["aspect_ratio"] = Dropdown(list(ratio.values), value=ratio.default, label=ratio.label,
-                                        info="Instead of pixels: grow the short side evenly to this aspect.")
-    with gr.Row():
-        controls["strength"] = slider("strength", "outpaint", variant)
-        controls["mask_blur"] = slider("mask_blur")
-    return controls
-
-
-def control_inputs() -> dict[str, gr.Component]:
-    kind, preprocess = PRESETS.choices["control_type"], PRESETS.flags["preprocess"]
-    controls: dict[str, gr.Component] = {
-        "image": image_input("Structure from this image (or a ready edge or depth map)"),
-        "prompt": prompt_box(),
-        "control_type": Radio(list(kind.values), value=kind.default, label=kind.label,
-                              info="Canny follows the edges; Depth follows near and far."),
-        "preprocess": gr.Checkbox(value=preprocess.default, label=preprocess.label, info=preprocess.info),
-    }
-    with gr.Row():
-        for name in CANNY_FIELDS:
-            controls[name] = slider(name, visible=kind.default == "canny")
-    return controls
-
-
-# Control's guidance and steps depend on the control type (Canny: guidance 30, 50 steps; Depth:
-# 10, 30). Their sliders start empty, so that the API page gives them no default and a caller
-# who leaves them out gets the defaults of the control type asked for; the page fills them in
-# when it loads and whenever the control type changes.
+# A variant's guidance and steps differ (control: Canny guidance 30, 50 steps; Depth 10, 30). Their
+# sliders start empty, so that the API page gives them no default and a caller who leaves them
+# out gets the defaults of the variant asked for; the page fills them in when it loads and
+# whenever the variant changes.
 VARIANT_FIELDS = ("guidance_scale", "num_inference_steps")
-CANNY_FIELDS = ("canny_low_threshold", "canny_high_threshold")  # shown for Canny only
 
 
-def follow_control_type(controls: dict) -> None:
-    """The Canny thresholds show for Canny, whoever sets the type; the type's guidance and steps
-    come in when the user picks it (`input`), not when a restore sets it with saved values."""
+def follow_variant(mode: Mode, controls: dict) -> None:
+    """Sliders of one variant show for it, whoever sets the variant field; the variant's
+    guidance and steps come in when the user picks it (`input`), not when a restore sets it
+    with saved values."""
     for name in VARIANT_FIELDS:
         controls[name].value = None
-    kind = controls["control_type"]
-    kind.change(canny_visibility, kind, [controls[name] for name in CANNY_FIELDS],
-                api_visibility="private", queue=False)
-    kind.input(control_type_defaults, kind, [controls[name] for name in VARIANT_FIELDS],
+    kind = controls[mode.variant_field]
+    shown = [name for name in mode.parameters if name in SHOWN_FOR]
+    kind.change(lambda value: tuple(gr.Slider(visible=SHOWN_FOR[name] == value) for name in shown), kind,
+                [controls[name] for name in shown], api_visibility="private", queue=False)
+    kind.input(lambda value: variant_defaults(mode, value), kind, [controls[name] for name in VARIANT_FIELDS],
                api_visibility="private", queue=False)
 
 
-def canny_visibility(kind: str) -> tuple:
-    return tuple(gr.Slider(visible=kind == "canny") for _ in CANNY_FIELDS)
+def variant_defaults(mode: Mode, value: str) -> tuple:
+    """The variant's guidance and steps."""
+    variant = mode.variant({mode.variant_field: value}, False, PRESETS.choices)
+    return tuple(PRESETS.default(name, mode.name, variant) for name in VARIANT_FIELDS)
 
 
-def control_type_defaults(kind: str) -> tuple:
-    """The control type's guidance and steps."""
-    kind = kind if kind in PRESETS.choices["control_type"].values else PRESETS.choices["control_type"].default
-    return tuple(PRESETS.default(name, "control", kind) for name in VARIANT_FIELDS)
-
-
-def fill_control_defaults(page: gr.Blocks, controls: dict) -> None:
-    """Give the control tab's empty sliders the defaults of its control type when the page loads."""
-    page.load(control_type_defaults, controls["control_type"],
-              [controls[name] for name in VARIANT_FIELDS], api_visibility="private", queue=False)
+def fill_variant_defaults(page: gr.Blocks, tabs: dict) -> None:
+    """Give the empty variant sliders of each tab the defaults of its variant when the page loads."""
+    for name, mode in MODES.items():
+        if mode.variant_field:
+            controls = tabs[name]["controls"]
+            page.load(lambda value, mode=mode: variant_defaults(mode, value), controls[mode.variant_field],
+                      [controls[field] for field in VARIANT_FIELDS], api_visibility="private", queue=False)
 
 
 def add_iterative_editing(controls: dict, outputs: list) -> None:

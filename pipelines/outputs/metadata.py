@@ -2,7 +2,7 @@
 
 Every stored image carries what made it twice:
 
-* A1111's "infotext" (see `pipelines.infotext`: prompt, "Negative prompt: ..." line, then "Steps: 28, Sampler: ..."),
+* A1111's "infotext" (see `pipelines.outputs.infotext`: prompt, "Negative prompt: ..." line, then "Steps: 28, Sampler: ..."),
   so A1111, Forge, Civitai and other tools that read A1111 images show something sensible;
 * our full info dict as JSON: the machine-readable source of truth that `read_parameters`
   prefers.
@@ -27,8 +27,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from pipelines.images import encode_image
-from pipelines.infotext import format_infotext, parse_infotext
+from pipelines.imaging.images import encode_image
+from pipelines.outputs.infotext import format_infotext, parse_infotext
 
 log = logging.getLogger("flux_playground")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pipelines.residency import tensor_bytes
+from pipelines.models.residency import tensor_bytes
 from presets.acceleration import (
     ACCELERATION,
     CACHE_KINDS,

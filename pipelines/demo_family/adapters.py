@@ -21,15 +21,15 @@ from transformers import (
     Dinov2Config,
 )
 
-from pipelines.tiny_family import (
+from pipelines.demo_family.base_models import (
     CLIP_DIM,
     HEAD_DIM,
     REPOS,
-    _flux_index,
-    _flux_transformer,
-    _save,
+    flux_index,
+    flux_transformer,
+    save_model,
 )
-from pipelines.tiny_tokenizers import write_json
+from pipelines.demo_family.tokenizers import write_json
 
 RANK = 4  # real: 128 (control LoRAs), 4..64 (style LoRAs)
 LORA_SCALE = 1.0  # std of a LoRA delta's output for unit inputs (base layers': 0.6): shows clearly
@@ -62,9 +62,9 @@ def _build_fill(dev: Path, fill: Path) -> None:
     # token: 64 noisy latents + 64 latents of the masked image + 256 = the 8x8 mask pixels under
     # each latent pixel, 2x2-packed. It predicts the 64 latent channels only.
     shutil.copytree(dev, fill)
-    write_json(fill / "model_index.json", _flux_index("FluxFillPipeline"))
+    write_json(fill / "model_index.json", flux_index("FluxFillPipeline"))
     shutil.rmtree(fill / "transformer")
-    _save(_flux_transformer(seed=5, in_channels=384, out_channels=64), fill / "transformer", shards=3)
+    save_model(flux_transformer(seed=5, in_channels=384, out_channels=64), fill / "transformer", shards=3)
 
 
 # --- LoRAs --------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def _build_fill(dev: Path, fill: Path) -> None:
 def _meta_transformer(in_channels: int = 64) -> torch.nn.Module:
     """The tiny transformer's modules without weights, for names and shapes; the RNG is left as it was."""
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        return _flux_transformer(seed=0, in_channels=in_channels, out_channels=64)
+        return flux_transformer(seed=0, in_channels=in_channels, out_channels=64)
 
 
 def _linear_shapes(in_channels: int = 64) -> dict[str, tuple[int, int]]:

@@ -1,30 +1,9 @@
-"""A tiny, random-weight FLUX.1 model family, built offline and deterministically.
-
-The folders mirror the Hugging Face hub layouts of black-forest-labs/FLUX.1-dev,
-FLUX.1-Kontext-dev and FLUX.1-Redux-dev file for file, and that of the NSFW
-classifier BFL's reference code screens outputs with (Falconsai/nsfw_image_detection),
-plus (built by tiny_adapters) FLUX.1-Fill-dev, the Canny/Depth control LoRAs, Depth
-Anything V2 Small and style LoRAs, so the project's real loading code
-(``from_pretrained`` on the folder or its subfolders) runs on them unchanged: in
-tests and as the offline demo model.
-
-Only widths and depths are shrunk. Everything that decides sizes and token
-counts is the real one: VAE downscale 8 with 16 latent channels (1024x1024 ->
-128x128x16), 2x2 patches (in_channels 64), 77 CLIP tokens, 512 T5 tokens,
-SigLIP 384px / patch 14 (729 image tokens), the real scheduler config, ViT 224px /
-patch 16 with the labels normal/nsfw.
-
-    python -m pipelines.tiny_family [ROOT]
-"""
+"""The demo family's base models: tiny random-weight FLUX.1-dev, -Kontext-dev, -Redux-dev and
+the NSFW classifier, saved in the hub repositories' layouts (see `family.py`)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
-import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import diffusers
@@ -43,7 +22,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from pipelines.tiny_tokenizers import (
+from pipelines.demo_family.tokenizers import (
     clip_vocab_size,
     t5_token_count,
     write_clip_tokenizer,
@@ -51,12 +30,9 @@ from pipelines.tiny_tokenizers import (
     write_t5_tokenizer,
 )
 
-# Bump whenever the output changes: the marker name makes old builds get rebuilt.
-FAMILY_VERSION = "3"
-
 REPOS = {"dev": "FLUX.1-dev", "kontext": "FLUX.1-Kontext-dev", "redux": "FLUX.1-Redux-dev",
          "safety": "nsfw_image_detection",
-         # Built by tiny_adapters: the weights of the inpaint/outpaint, control and LoRA modes.
+         # Built by adapters.py: the weights of the inpaint/outpaint, control and LoRA modes.
          "fill": "FLUX.1-Fill-dev", "canny_lora": "FLUX.1-Canny-dev-lora",
          "depth_lora": "FLUX.1-Depth-dev-lora", "depth": "Depth-Anything-V2-Small-hf", "loras": "loras"}
 
@@ -64,97 +40,27 @@ REPOS = {"dev": "FLUX.1-dev", "kontext": "FLUX.1-Kontext-dev", "redux": "FLUX.1-
 CLIP_DIM, T5_DIM, SIGLIP_DIM, VIT_DIM = 32, 32, 32, 32
 HEAD_DIM, AXES_DIMS_ROPE = 16, [4, 6, 6]  # rope axes must sum to the head dim (real: 128 = 16+56+56)
 
-def default_root() -> Path:
-    """Where the demo family lives: $FLUX_PLAYGROUND_DEMO_MODELS, else <repo>/demo-models."""
-    env = os.environ.get("FLUX_PLAYGROUND_DEMO_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "demo-models"
 
-
-def build_tiny_family(root: Path | None = None) -> dict[str, Path]:
-    """Build the folders of REPOS under ``root`` (once); return {key: path} for each."""
-    root = Path(root) if root is not None else default_root()
-    paths = {key: root / name for key, name in REPOS.items()}
-    marker = root / f".complete-{FAMILY_VERSION}"
-
-    def complete() -> bool:
-        return marker.exists() and all(path.is_dir() for path in paths.values())
-
-    if complete():
-        return paths
-    root.mkdir(parents=True, exist_ok=True)
-    # One builder at a time; the others wait here and then find the marker.
-    with _locked(root / ".build.lock"):
-        if complete():
-            return paths
-        for stale in root.glob(".complete-*"):  # an older version's marker
-            stale.unlink()
-        for stale in root.glob(".building-*"):  # left behind by a killed build
-            shutil.rmtree(stale)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-        try:
-            with _quiet_libraries(), torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
-                _build_into(tmp)
-            for file in tmp.rglob("*"):  # safetensors writes 0600 files; the hub's are plain 0644
-                file.chmod(0o755 if file.is_dir() else 0o644)
-            for name in REPOS.values():
-                if (root / name).exists():
-                    shutil.rmtree(root / name)
-                os.replace(tmp / name, root / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        marker.write_text(FAMILY_VERSION + "\n")  # last: an interrupted build has no marker
-    return paths
-
-
-@contextmanager
-def _locked(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _quiet_libraries():
-    """No progress bars or "cast with .to()" notices while saving freshly built models."""
-    import diffusers.utils.logging as d_log
-    import transformers.utils.logging as t_log
-
-    levels, bars = (d_log.get_verbosity(), t_log.get_verbosity()), t_log.is_progress_bar_enabled()
-    d_log.set_verbosity_error()
-    t_log.set_verbosity_error()
-    t_log.disable_progress_bar()
-    try:
-        yield
-    finally:
-        d_log.set_verbosity(levels[0])
-        t_log.set_verbosity(levels[1])
-        if bars:
-            t_log.enable_progress_bar()
-
-
-def _build_into(tmp: Path) -> None:
+def build_base_models(tmp: Path) -> None:
     dev, kontext, redux = (tmp / REPOS[key] for key in ("dev", "kontext", "redux"))
     # Fixed seeds per component; configs saved by the libraries carry their versions, as on the hub.
-    write_json(dev / "model_index.json", _flux_index("FluxPipeline"))
+    write_json(dev / "model_index.json", flux_index("FluxPipeline"))
     write_json(dev / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
     write_clip_tokenizer(dev / "tokenizer")
     write_t5_tokenizer(dev / "tokenizer_2")
     torch.manual_seed(0)
-    _save(_clip_text_model(), dev / "text_encoder")
-    _save(_t5_encoder(), dev / "text_encoder_2", shards=2)  # the hub's T5 comes in 2 shards
-    _save(_vae(), dev / "vae")
-    _save(_flux_transformer(seed=1), dev / "transformer", shards=3)
+    save_model(_clip_text_model(), dev / "text_encoder")
+    save_model(_t5_encoder(), dev / "text_encoder_2", shards=2)  # the hub's T5 comes in 2 shards
+    save_model(_vae(), dev / "vae")
+    save_model(flux_transformer(seed=1), dev / "transformer", shards=3)
 
     # Kontext: its own transformer, everything else is byte-identical to dev (as on the hub).
     shutil.copytree(dev, kontext)
-    index = _flux_index("FluxKontextPipeline")
+    index = flux_index("FluxKontextPipeline")
     index.update(feature_extractor=[None, None], image_encoder=[None, None])  # optional IP-Adapter slots
     write_json(kontext / "model_index.json", index)
     shutil.rmtree(kontext / "transformer")
-    _save(_flux_transformer(seed=2), kontext / "transformer", shards=3)
+    save_model(flux_transformer(seed=2), kontext / "transformer", shards=3)
 
     write_json(redux / "model_index.json", {
         "_class_name": "FluxPriorReduxPipeline",
@@ -166,18 +72,14 @@ def _build_into(tmp: Path) -> None:
     })
     write_json(redux / "feature_extractor" / "preprocessor_config.json", SIGLIP_PREPROCESSOR)
     torch.manual_seed(3)
-    _save(_siglip_vision(), redux / "image_encoder")
-    _save(ReduxImageEncoder(redux_dim=SIGLIP_DIM, txt_in_features=T5_DIM), redux / "image_embedder")
+    save_model(_siglip_vision(), redux / "image_encoder")
+    save_model(ReduxImageEncoder(redux_dim=SIGLIP_DIM, txt_in_features=T5_DIM), redux / "image_embedder")
 
     # The NSFW classifier: one flat folder, weights in float32 as on the hub.
     safety = tmp / REPOS["safety"]
     write_json(safety / "preprocessor_config.json", VIT_PREPROCESSOR)
     torch.manual_seed(4)
     _nsfw_classifier().save_pretrained(safety)
-
-    from pipelines.tiny_adapters import build_adapters  # here: it imports this module
-
-    build_adapters(tmp)
 
 
 # --- configs that are copied from the hub verbatim -------------------------------------------
@@ -222,7 +124,7 @@ VIT_PREPROCESSOR = {
 }
 
 
-def _flux_index(class_name: str) -> dict:
+def flux_index(class_name: str) -> dict:
     return {
         "_class_name": class_name,
         "_diffusers_version": diffusers.__version__,
@@ -273,7 +175,7 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _flux_transformer(seed: int, in_channels: int = 64, out_channels: int | None = None,
+def flux_transformer(seed: int, in_channels: int = 64, out_channels: int | None = None,
                       ) -> FluxTransformer2DModel:
     torch.manual_seed(seed)  # own seed, so dev and Kontext differ but each is reproducible alone
     return FluxTransformer2DModel(
@@ -304,7 +206,7 @@ def _nsfw_classifier() -> ViTForImageClassification:
     ))
 
 
-def _save(model, folder: Path, shards: int = 1) -> None:
+def save_model(model, folder: Path, shards: int = 1) -> None:
     """save_pretrained in bfloat16 (as on the hub), then split into `shards` hub-style files."""
     model.to(torch.bfloat16).save_pretrained(folder)
     if shards == 1:
@@ -327,16 +229,3 @@ def _save(model, folder: Path, shards: int = 1) -> None:
     single.unlink()
     write_json(folder / f"{stem}.safetensors.index.json",
                 {"metadata": {"total_size": total}, "weight_map": weight_map})
-
-
-def main(argv: list[str]) -> None:
-    root = Path(argv[0]) if argv else default_root()
-    paths = build_tiny_family(root)
-    for key, path in paths.items():
-        print(f"{key:10s} {path}")
-    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-    print(f"total      {total / 2**20:.2f} MiB in {root}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from pipelines.fetch import FetchPolicy, InputError, fetch_url
+from pipelines.errors import FieldError
+from pipelines.fetch import FetchPolicy, fetch_url
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def download(url: str, policy: LoraSourcePolicy, field: str = "source") -> Path:
     partial.write_bytes(data)
     if not is_safetensors(partial):
         partial.unlink()
-        raise InputError(field, f"{field}: {url} is not a .safetensors file (LoRAs are loaded from safetensors only)")
+        raise FieldError(field, f"{field}: {url} is not a .safetensors file (LoRAs are loaded from safetensors only)")
     os.replace(partial, path)
     return path
 
@@ -66,11 +67,11 @@ def local_path(source: str, policy: LoraSourcePolicy, field: str = "source") -> 
         if candidate.exists():
             resolved = candidate.resolve()
             if not any(resolved.is_relative_to(folder.resolve()) for folder in policy.folders):
-                raise InputError(field, f"{field}: local LoRAs are loaded only from the LoRA folders "
+                raise FieldError(field, f"{field}: local LoRAs are loaded only from the LoRA folders "
                                         f"({', '.join(str(f) for f in policy.folders)})")
             return resolved
     if path.is_absolute() or source.startswith("."):
-        raise InputError(field, f"{field}: {source} does not exist in the LoRA folders")
+        raise FieldError(field, f"{field}: {source} does not exist in the LoRA folders")
     return None
 
 
@@ -78,7 +79,7 @@ def resolve_source(source: str, policy: LoraSourcePolicy, field: str = "source")
     """What the manager loads for a user's LoRA source: a local file or folder, or a hub id."""
     source = source.strip() if isinstance(source, str) else ""
     if not source:
-        raise InputError(field, f"{field} is required: a hub repository (user/repo[/file.safetensors]), "
+        raise FieldError(field, f"{field} is required: a hub repository (user/repo[/file.safetensors]), "
                                 "a URL to a .safetensors file, or a file in the LoRA folders")
     if is_url(source):
         return str(download(source, policy, field))

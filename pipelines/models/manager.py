@@ -15,112 +15,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    FluxControlPipeline,
-    FluxFillPipeline,
-    FluxImg2ImgPipeline,
-    FluxInpaintPipeline,
-    FluxKontextPipeline,
-    FluxPipeline,
-    FluxPriorReduxPipeline,
-    FluxTransformer2DModel,
-)
-from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
-from transformers import (
-    AutoImageProcessor,
-    AutoModelForDepthEstimation,
-    CLIPTextModel,
-    CLIPTokenizer,
-    SiglipImageProcessor,
-    SiglipVisionModel,
-    T5EncoderModel,
-    T5TokenizerFast,
-)
 
-from pipelines import adapters
-from pipelines.acceleration import apply_profile
-from pipelines.adapters import AdapterState, LoraError, LoraTensors, UserLora
-from pipelines.lora_slot import LoraSlot
-from pipelines.residency import Swapper, offload, tensor_bytes, unique_tensor_bytes
-from pipelines.sources import ModelSources, Placement
+from pipelines.errors import FieldError
+from pipelines.loras import adapters
+from pipelines.loras.adapters import AdapterState, UserLora
+from pipelines.loras.slot import LoraSlot
+from pipelines.models.acceleration import apply_profile
+from pipelines.models.components import (
+    COMPONENTS,
+    CONTROL_COMPONENTS,
+    PIPELINES,
+    TRANSFORMERS,
+)
+from pipelines.models.residency import (
+    Swapper,
+    offload,
+    tensor_bytes,
+    unique_tensor_bytes,
+)
+from pipelines.models.sources import ModelSources, Placement
 from presets import PRESETS
 from presets.acceleration import ACCELERATION, Profile
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """One loadable component: which repository, which subfolder, which class loads it."""
-
-    source: str  # "dev", "kontext", "redux", ...: a field of ModelSources
-    subfolder: str | None  # None: the repository's root
-    loader: type
-    module: bool = True  # weights to place on the accelerator in the manager's dtype
-
-
-COMPONENTS: dict[str, ComponentSpec] = {
-    "scheduler": ComponentSpec("dev", "scheduler", FlowMatchEulerDiscreteScheduler, module=False),
-    "vae": ComponentSpec("dev", "vae", AutoencoderKL),
-    "text_encoder": ComponentSpec("dev", "text_encoder", CLIPTextModel),
-    "tokenizer": ComponentSpec("dev", "tokenizer", CLIPTokenizer, module=False),
-    "text_encoder_2": ComponentSpec("dev", "text_encoder_2", T5EncoderModel),
-    "tokenizer_2": ComponentSpec("dev", "tokenizer_2", T5TokenizerFast, module=False),
-    "transformer": ComponentSpec("dev", "transformer", FluxTransformer2DModel),
-    # Kontext shares dev's text encoders, tokenizers, VAE and scheduler; only its
-    # transformer differs.
-    "kontext_transformer": ComponentSpec("kontext", "transformer", FluxTransformer2DModel),
-    "image_encoder": ComponentSpec("redux", "image_encoder", SiglipVisionModel),
-    "feature_extractor": ComponentSpec("redux", "feature_extractor", SiglipImageProcessor, module=False),
-    "image_embedder": ComponentSpec("redux", "image_embedder", ReduxImageEncoder),
-    # FLUX.1-Fill-dev's transformer, when configured; everything else is dev's.
-    "fill_transformer": ComponentSpec("fill", "transformer", FluxTransformer2DModel),
-    # Structural control: BFL's LoRAs, kept as CPU tensors, and the depth estimator.
-    "canny_lora": ComponentSpec("canny_lora", None, LoraTensors, module=False),
-    "depth_lora": ComponentSpec("depth_lora", None, LoraTensors, module=False),
-    "depth_estimator": ComponentSpec("depth", None, AutoModelForDepthEstimation),
-    "depth_processor": ComponentSpec("depth", None, AutoImageProcessor, module=False),
-}
-
-_TEXT = {
-    "text_encoder": "text_encoder",
-    "tokenizer": "tokenizer",
-    "text_encoder_2": "text_encoder_2",
-    "tokenizer_2": "tokenizer_2",
-}
-_DEV = {"scheduler": "scheduler", "vae": "vae", **_TEXT, "transformer": "transformer"}
-
-# Each pipeline: its diffusers class and, per constructor argument, the component it gets.
-PIPELINES: dict[str, tuple[type, dict[str, str]]] = {
-    "text_to_image": (FluxPipeline, _DEV),
-    "image_to_image": (FluxImg2ImgPipeline, _DEV),
-    "kontext_edit": (FluxKontextPipeline, {**_DEV, "transformer": "kontext_transformer"}),
-    # Redux's prior gets dev's text encoders so that an optional prompt is encoded too.
-    "redux_prior": (
-        FluxPriorReduxPipeline,
-        {"image_encoder": "image_encoder", "feature_extractor": "feature_extractor",
-         "image_embedder": "image_embedder", **_TEXT},
-    ),
-    "inpaint": (FluxInpaintPipeline, _DEV),
-    "fill": (FluxFillPipeline, {**_DEV, "transformer": "fill_transformer"}),
-    "control": (FluxControlPipeline, _DEV),
-}
-# The pipelines each playground mode runs. Redux feeds its prior's embeddings to the
-# text-to-image pipeline on the dev transformer. Inpaint and outpaint run "fill" instead of
-# "inpaint" when FLUX.1-Fill-dev is configured.
-MODE_PIPELINES: dict[str, tuple[str, ...]] = {
-    "text_to_image": ("text_to_image",),
-    "image_to_image": ("image_to_image",),
-    "kontext_edit": ("kontext_edit",),
-    "redux_variation": ("redux_prior", "text_to_image"),
-    "inpaint": ("inpaint",),
-    "outpaint": ("inpaint",),
-    "control": ("control",),
-}
-# The FLUX transformers: what acceleration profiles change and the residency policy may swap.
-TRANSFORMERS = ("transformer", "kontext_transformer", "fill_transformer")
-# What a control request needs beside its pipeline.
-CONTROL_COMPONENTS = {"canny": ("canny_lora",), "depth": ("depth_lora", "depth_estimator", "depth_processor")}
 
 
 @dataclass
@@ -230,35 +145,31 @@ class PipelineManager:
             self._pipelines[name].set_progress_bar_config(disable=True)
         return self._pipelines[name]
 
-    def mode_pipelines(self, mode: str) -> tuple[str, ...]:
-        """The pipelines a mode runs with the models configured."""
-        if mode in ("inpaint", "outpaint") and self.sources.fill:
-            return ("fill",)
-        return MODE_PIPELINES[mode]
+    @staticmethod
+    def transformer_of(pipeline: str) -> str:
+        """The FLUX transformer component a pipeline generates with."""
+        return PIPELINES[pipeline][1]["transformer"]
 
-    def mode_transformer(self, mode: str) -> str:
-        """The FLUX transformer component a mode generates with."""
-        return PIPELINES[self.mode_pipelines(mode)[-1]][1]["transformer"]
-
-    def missing_components(self, mode: str, control_type: str | None = None) -> list[str]:
-        """Components the mode still has to load (its first request pays for them)."""
-        needed = {c for name in self.mode_pipelines(mode) for c in PIPELINES[name][1].values()}
-        needed.update(CONTROL_COMPONENTS.get(control_type, ()) if mode == "control" else ())
+    def missing_components(self, pipelines: tuple[str, ...], control: str | None = None) -> list[str]:
+        """Components these pipelines (and the control LoRA `control`) still have to load:
+        a mode's first request pays for them."""
+        needed = {c for name in pipelines for c in PIPELINES[name][1].values()}
+        needed.update(CONTROL_COMPONENTS.get(control, ()))
         return sorted(needed - set(self._components))
 
-    def enter_mode(self, mode: str, control_type: str | None = None,
-                   loras: tuple[tuple[str, float], ...] = ()) -> tuple[Any, ...]:
-        """The pipelines a mode runs, with the dev transformer's adapters set for the request:
-        the control LoRA of `control_type` in control mode, and the given user LoRAs at
-        their weights. Counts switches between modes. Call with `lock` held."""
+    def enter(self, mode: str, pipelines: tuple[str, ...], control: str | None = None,
+              loras: tuple[tuple[str, float], ...] = ()) -> tuple[Any, ...]:
+        """The pipelines a request of `mode` runs, with the dev transformer's adapters set for
+        it: the control LoRA `control` (None: none) and the given user LoRAs at their weights.
+        Counts switches between modes. Call with `lock` held."""
         if self._current_mode not in (None, mode):
             self._mode_switches += 1
         self._current_mode = mode
         self._mode_runs[mode] = self._mode_runs.get(mode, 0) + 1
-        pipes = tuple(self.pipeline(name) for name in self.mode_pipelines(mode))
-        self._activate(self.mode_transformer(mode))
+        pipes = tuple(self.pipeline(name) for name in pipelines)
+        self._activate(self.transformer_of(pipelines[-1]))
         if pipes[-1].transformer is self._components.get("transformer"):
-            self._set_adapters(pipes[-1], control_type if mode == "control" else None, loras)
+            self._set_adapters(pipes[-1], control, loras)
         elif getattr(pipes[-1], "text_encoder", None) is not None:
             adapters.activate_text_encoder(pipes[-1], ())  # no LoRA of a dev request stays on the shared CLIP
         return pipes
@@ -309,17 +220,17 @@ class PipelineManager:
         adapter `name`. It stays inactive until a request names it."""
         name = adapters.clean_name(name) if name else adapters.lora_name(weight_name or source)
         if not name:
-            raise LoraError("name", "name must contain letters, digits, - or _")
+            raise FieldError("name", "name must contain letters, digits, - or _")
         if name in adapters.RESERVED_NAMES:
-            raise LoraError("name", f"{name!r} is the name of an adapter of the server's own; choose another name")
+            raise FieldError("name", f"{name!r} is the name of an adapter of the server's own; choose another name")
         started = time.perf_counter()
         # A hub download happens here, before the accelerator lock: generation goes on meanwhile.
         file = adapters.resolve_lora_file(source, weight_name, self.local_files_only, self.token)
         with self.lock:
             if name in self._loras:
-                raise LoraError("name", f"a LoRA named {name!r} is loaded already; unload it or choose another name")
+                raise FieldError("name", f"a LoRA named {name!r} is loaded already; unload it or choose another name")
             if len(self._loras) >= self.max_loras:
-                raise LoraError("source", f"{self.max_loras} LoRAs are loaded, the most this server keeps; "
+                raise FieldError("source", f"{self.max_loras} LoRAs are loaded, the most this server keeps; "
                                           "unload one first")
             pipe = self.pipeline("text_to_image")
             self._activate("transformer")
@@ -337,7 +248,7 @@ class PipelineManager:
     def unload_lora(self, name: str) -> None:
         with self.lock:
             if name not in self._loras:
-                raise LoraError("name", f"no LoRA named {name!r} is loaded (loaded: {', '.join(self._loras) or 'none'})")
+                raise FieldError("name", f"no LoRA named {name!r} is loaded (loaded: {', '.join(self._loras) or 'none'})")
             del self._loras[name]
             self._activate("transformer")
             adapters.drop_user_lora(self.pipeline("text_to_image"), self._adapters, name)
@@ -351,12 +262,11 @@ class PipelineManager:
         limit = self._adapters.slot.rank if self.has_lora_slot() else None
         return {name: lora.rank or 0 for name, lora in dict(self._loras).items()}, limit
 
-    def preload(self, modes: tuple[str, ...] = ("text_to_image",)) -> None:
-        """Load what the given modes need now rather than on their first request."""
+    def preload(self, pipelines: tuple[str, ...] = ("text_to_image",)) -> None:
+        """Load what the given pipelines need now rather than on their first request."""
         with self.lock:
-            for mode in modes:
-                for name in self.mode_pipelines(mode):
-                    self.pipeline(name)
+            for name in pipelines:
+                self.pipeline(name)
 
     def status(self) -> dict[str, Any]:
         """State for the status panel and `/status`. No key is named `path`: gradio_client
@@ -394,7 +304,6 @@ class PipelineManager:
         }
         return {
             "demo": self.sources.demo,
-            "models": {mode: self.sources.label_for(mode) for mode in MODE_PIPELINES},
             "acceleration": {"profile": self.acceleration.name, "transformers": dict(self._accelerated),
                              **self.compile_info},
             "residency": self._swapper.status() if self._swapper else {"policy": self.residency},

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from pipelines.images import fit_size
+from pipelines.imaging.images import fit_size
 from presets import PRESETS
 
 

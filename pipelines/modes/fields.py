@@ -9,21 +9,14 @@ mode's, else the field's own.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from PIL import Image, ImageChops
 
-from pipelines.images import InputImageError, load_input_image
+from pipelines.errors import FieldError
+from pipelines.imaging.images import load_input_image
 from presets import CUSTOM, PRESETS, format_number
-
-
-@dataclass(frozen=True)
-class FieldError:
-    field: str
-    message: str
-
 
 # An image editor's value (Gradio's ImageEditor): the uploaded image and the painted layers.
 EDITOR_KEYS = ("background", "layers", "composite")
@@ -36,10 +29,12 @@ def is_editor_value(value: Any) -> bool:
 class FieldReader:
     """Reads raw values for one mode (and variant), collecting errors and warnings."""
 
-    def __init__(self, raw: Mapping[str, Any], mode: str, variant: str | None = None):
+    def __init__(self, raw: Mapping[str, Any], mode: str, variant: str | None = None,
+                 match_input: Callable[[int, int], tuple[int, int]] | None = None):
         self.raw = raw
         self.mode = mode
         self.variant = variant
+        self.match_input = match_input  # (width, height) of an input -> the output size that follows it
         self.errors: list[FieldError] = []
         self.warnings: list[str] = []
 
@@ -109,7 +104,7 @@ class FieldReader:
         try:
             image, warnings = load_input_image(value, name, PRESETS.input_min_side, PRESETS.input_max_pixels,
                                                as_mask=as_mask)
-        except InputImageError as error:
+        except FieldError as error:
             self.fail(error.field, str(error))
             return None
         self.warnings.extend(warnings)
@@ -148,9 +143,9 @@ class FieldReader:
             return None
         return value
 
-    def size(self, image: Image.Image | None, match_input) -> tuple[int, int]:
+    def size(self, image: Image.Image | None) -> tuple[int, int]:
         """(width, height) of the output from `image_size` and, for custom, `width`/`height`;
-        `match_input(width, height)` is the size that follows an input image."""
+        with match_input, the size that follows the input image."""
         default = PRESETS.modes[self.mode].image_size
         choice = self.choice("image_size", PRESETS.size_choices(self.mode), default)
         if choice == CUSTOM:
@@ -160,7 +155,7 @@ class FieldReader:
             return PRESETS.image_sizes[choice]
         if image is None:  # match_input without a usable image: already reported
             return (0, 0)
-        return match_input(*image.size)
+        return self.match_input(*image.size)
 
     def loras(self, name: str, loaded: frozenset[str] | None, ranks: Mapping[str, int] | None = None,
               rank_limit: int | None = None) -> tuple[tuple[str, float], ...]:
@@ -188,8 +183,8 @@ class FieldReader:
             problems.append("each LoRA may be named once")
         unknown = [lora for lora in names if lora not in loaded]
         if unknown:
-            offer = ", ".join(sorted(loaded)) or "none yet"
-            problems.append(f"no LoRA named {', '.join(map(repr, unknown))} is loaded (loaded: {offer}; "
+            loaded_names = ", ".join(sorted(loaded)) or "none yet"
+            problems.append(f"no LoRA named {', '.join(map(repr, unknown))} is loaded (loaded: {loaded_names}; "
                             "load one with /load_lora)")
         total_rank = sum((ranks or {}).get(lora, 0) for lora in set(names))
         if rank_limit is not None and total_rank > rank_limit:

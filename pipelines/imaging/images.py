@@ -12,6 +12,7 @@ import numpy as np
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipelines.errors import FieldError
 from presets import PRESETS
 
 # Pillow's names for the formats users ask for.
@@ -109,13 +110,6 @@ def encode_image(image: Image.Image, output_format: str, quality: int, **save_op
     return buffer.getvalue()
 
 
-class InputImageError(ValueError):
-    """An input image that cannot be used; the message names `field` and says what is accepted."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
 
 def limit_pillow_pixels(max_pixels: int) -> None:
     """Make Pillow's process-wide bomb guard agree with ours; only ever tighten it. Pillow warns
@@ -135,7 +129,7 @@ def open_lazily(source, field: str) -> Image.Image:
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
     elif not isinstance(source, (str, os.PathLike)) and not hasattr(source, "read"):
-        raise InputImageError(field, f"{field} must be an image file ({ACCEPTED}), "
+        raise FieldError(field, f"{field} must be an image file ({ACCEPTED}), "
                                      f"got {type(source).__name__}")
     return Image.open(source, formats=OPENERS)
 
@@ -149,12 +143,12 @@ def is_empty(source) -> bool:
         return False
 
 
-def unreadable(field: str, reason: str) -> InputImageError:
-    return InputImageError(field, f"{field} could not be read as an image ({reason}); use {ACCEPTED}")
+def unreadable(field: str, reason: str) -> FieldError:
+    return FieldError(field, f"{field} could not be read as an image ({reason}); use {ACCEPTED}")
 
 
-def too_large(field: str, size: str, max_pixels: int) -> InputImageError:
-    return InputImageError(field, f"{field} is {size}; at most {max_pixels:,} pixels "
+def too_large(field: str, size: str, max_pixels: int) -> FieldError:
+    return FieldError(field, f"{field} is {size}; at most {max_pixels:,} pixels "
                                   f"({max_pixels / 1e6:g} megapixels) are accepted")
 
 
@@ -164,7 +158,7 @@ def check_size(image: Image.Image, field: str, min_side: int, max_pixels: int) -
     if width * height > max_pixels:
         raise too_large(field, f"{width}x{height} = {width * height:,} pixels", max_pixels)
     if min(width, height) < min_side:
-        raise InputImageError(field, f"{field} is {width}x{height}; each side must be at least {min_side} px")
+        raise FieldError(field, f"{field} is {width}x{height}; each side must be at least {min_side} px")
 
 
 def first_frame(image: Image.Image, field: str) -> list[str]:
@@ -190,7 +184,7 @@ def to_mask(image: Image.Image) -> Image.Image:
 def load_input_image(source, field: str, min_side: int, max_pixels: int,
                      as_mask: bool = False) -> tuple[Image.Image, list[str]]:
     """An upright 8-bit RGB image (or, `as_mask`, an "L" mask) from a user's path, bytes, file
-    object or PIL image, and warnings for what was fixed on the way; raises InputImageError for
+    object or PIL image, and warnings for what was fixed on the way; raises FieldError for
     what cannot be used."""
     opened_here = not isinstance(source, Image.Image)
     try:
@@ -209,7 +203,7 @@ def load_input_image(source, field: str, min_side: int, max_pixels: int,
         finally:
             if opened_here:
                 image.close()
-    except InputImageError:
+    except FieldError:
         raise  # already says what is wrong (and is a ValueError, caught below)
     except Image.DecompressionBombError as error:  # Pillow's guard, before our header check
         pixels = re.search(r"\((\d+) pixels\)", str(error))

@@ -21,20 +21,14 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pipelines.lora_slot import SLOT, LoraSlot, SlotError
+from pipelines.errors import FieldError
+from pipelines.loras.slot import SLOT, LoraSlot, SlotError
 
 # PEFT keeps adapters in module dicts: names may not contain dots.
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 CONTROL_ADAPTER = "control_{}"
 RESERVED_NAMES = frozenset({SLOT, CONTROL_ADAPTER.format("canny"), CONTROL_ADAPTER.format("depth")})
 
-
-class LoraError(ValueError):
-    """A LoRA request that cannot be met; `field` is the parameter at fault."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 def lora_name(source: str) -> str:
@@ -168,7 +162,7 @@ def apply_user_lora(pipe, state: AdapterState, lora: UserLora) -> None:
         try:
             lora.rank = state.slot.fold(pipe.transformer, lora.name).rank
         except SlotError as error:
-            raise LoraError("source", f"{lora.name} cannot be applied to the compiled transformer: {error}") from None
+            raise FieldError("source", f"{lora.name} cannot be applied to the compiled transformer: {error}") from None
 
 
 def reapply_user_lora(pipe, state: AdapterState, lora: UserLora) -> None:
@@ -229,7 +223,7 @@ def activate_slot(pipe, state: AdapterState, weights: tuple[tuple[str, float], .
         try:
             state.slot.fill(transformer, weights)
         except SlotError as error:
-            raise LoraError("loras", f"loras: {error}") from None
+            raise FieldError("loras", f"loras: {error}") from None
         names.append(SLOT)
     if not names:
         if state.slot.created:

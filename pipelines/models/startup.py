@@ -8,12 +8,17 @@ from pathlib import Path
 
 import torch
 
-from pipelines import adapters
-from pipelines.acceleration import setup_compile_cache, warm_up
-from pipelines.manager import COMPONENTS, PipelineManager
-from pipelines.residency import accelerator_memory, choose_residency, needed_bytes
-from pipelines.sources import ModelSources, Placement, pick_placement
-from pipelines.tiny_family import REPOS, build_tiny_family, default_root
+from pipelines.demo_family.family import REPOS, build_tiny_family, default_root
+from pipelines.loras import adapters
+from pipelines.models.acceleration import setup_compile_cache, warm_up
+from pipelines.models.components import COMPONENTS
+from pipelines.models.manager import PipelineManager
+from pipelines.models.residency import (
+    accelerator_memory,
+    choose_residency,
+    needed_bytes,
+)
+from pipelines.models.sources import ModelSources, Placement, pick_placement
 from presets.acceleration import ACCELERATION, Profile
 
 log = logging.getLogger("flux_playground")

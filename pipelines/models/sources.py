@@ -37,16 +37,6 @@ SOURCE_ENV_VARS = {
     "depth": "FLUX_DEPTH_MODEL",
     "fill": "FLUX_FILL_MODEL",
 }
-# The repositories each playground mode draws on.
-MODE_MODELS = {
-    "text_to_image": ("dev",),
-    "image_to_image": ("dev",),
-    "kontext_edit": ("kontext",),
-    "redux_variation": ("redux", "dev"),
-    "inpaint": ("dev",),
-    "outpaint": ("dev",),
-    "control": ("dev",),
-}
 # The control LoRA each control type adds to the dev transformer.
 CONTROL_MODELS = {"canny": "canny_lora", "depth": "depth_lora"}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -78,13 +68,10 @@ class ModelSources:
         source = getattr(self, key)
         return source.rstrip("/").split("/")[-1] if os.path.isdir(source) else source
 
-    def label_for(self, mode: str, control_type: str | None = None) -> str:
-        """The models behind a mode, as shown with every result; demo weights say so."""
-        keys = MODE_MODELS[mode]
-        if mode in ("inpaint", "outpaint") and self.fill:
-            keys = ("fill",)
-        if mode == "control" and control_type in CONTROL_MODELS:
-            keys = keys + (CONTROL_MODELS[control_type],)
+    def label(self, models: tuple[str, ...], control: str | None = None) -> str:
+        """The models behind a result (source keys, and the control LoRA of `control`), as
+        shown with every result; demo weights say so."""
+        keys = models + ((CONTROL_MODELS[control],) if control in CONTROL_MODELS else ())
         label = " + ".join(self.model_name(key) for key in keys)
         return f"{label} (demo: tiny random weights)" if self.demo else label
 

@@ -1,0 +1,235 @@
+"""The Gradio endpoints: one named API route per mode of the table, validated at queue time.
+
+Each endpoint's parameter names are the API's parameter names (snake_case, as the hosted
+FLUX APIs name them); a value left out takes its default from presets/. The validator parses
+a request once, with `Playground.parse`, and hands it on to the endpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import FieldError
+from pipelines.imaging.previews import preview_image, should_preview
+from pipelines.modes.request_types import GenerationRequest, ServerCapabilities
+from pipelines.modes.table import MODES, Mode
+from pipelines.service import GenerationError, Playground
+from presets import PRESETS
+from rest.arrival import arrival_time
+from ui.queue_gate import QueueGate
+
+SIZE_PARAMETERS = ("image_size", "width", "height")
+# Parameters every generating endpoint takes after its own, in this order; then `loras`
+# where LoRAs apply and `step_cache` (last, so that positional callers of older versions
+# are unaffected).
+SHARED_PARAMETERS = SIZE_PARAMETERS + (
+    "num_inference_steps", "guidance_scale", "seed",
+    "num_images", "output_format", "output_quality", "enable_safety_checker", "live_preview",
+)
+BUSY = "The server is busy: too many requests are waiting. Please try again in a moment."
+
+
+def endpoint_parameters(mode: Mode) -> tuple[str, ...]:
+    """A mode's endpoint parameters, in order."""
+    shared = SHARED_PARAMETERS if mode.sized else SHARED_PARAMETERS[len(SIZE_PARAMETERS):]
+    return mode.parameters + shared + (("loras",) if mode.route.takes_loras else ()) + ("step_cache",)
+
+
+def endpoint_signature(mode: Mode) -> inspect.Signature:
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [
+        inspect.Parameter(name, keyword, default=inspect.Parameter.empty if name in mode.required else None)
+        for name in endpoint_parameters(mode)
+    ]
+    # gradio passes these by their annotation and default: the HTTP request, the progress bar.
+    parameters.append(inspect.Parameter("request", keyword, default=None, annotation=gr.Request))
+    parameters.append(inspect.Parameter("progress", keyword, default=gr.Progress()))
+    return inspect.Signature(parameters)
+
+
+class ParsedRequests:
+    """Requests the validator parsed, kept for the endpoint run of the same event, so that
+    nothing is parsed (or decoded) twice. Keyed by session, mode and the raw values; a
+    request parsed under other capabilities (a LoRA unloaded meanwhile) is parsed again."""
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = capacity
+        self._parsed: OrderedDict[tuple, list[tuple[ServerCapabilities, GenerationRequest]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(http: gr.Request | None, mode: str, values: list) -> tuple:
+        return (getattr(http, "session_hash", None), mode, repr(values))
+
+    def keep(self, key: tuple, capabilities: ServerCapabilities, request: GenerationRequest) -> None:
+        with self._lock:
+            self._parsed.setdefault(key, []).append((capabilities, request))
+            while len(self._parsed) > self.capacity:
+                self._parsed.popitem(last=False)
+
+    def take(self, key: tuple, capabilities: ServerCapabilities) -> GenerationRequest | None:
+        with self._lock:
+            kept = self._parsed.get(key)
+            if not kept:
+                return None
+            parsed_under, request = kept.pop(0)
+            if not kept:
+                del self._parsed[key]
+        return request if parsed_under == capabilities else None
+
+
+def make_validator(playground: Playground, mode: str, parsed: ParsedRequests | None = None,
+                   gate: QueueGate | None = None) -> Callable:
+    """A gradio `validator=` for a mode's endpoint: it runs when the request is queued, before
+    any accelerator time, marks each invalid field with a message naming its range, and turns
+    requests away with a clear "busy" when too many are waiting. A valid request is kept in
+    `parsed` for the endpoint."""
+    names = list(endpoint_parameters(MODES[mode]))
+
+    def validate(*values_and_request):
+        # gradio passes the inputs, then the HTTP request where the signature names it.
+        values, request = values_and_request[:len(names)], (values_and_request[len(names):] or (None,))[0]
+        problems: dict[str, str] = {}
+        capabilities = playground.capabilities()
+        try:
+            parsed_request = playground.parse(mode, dict(zip(names, values, strict=True)))
+        except FieldError as error:
+            for problem in error.problems:
+                problems[problem.field] = "; ".join(filter(None, [problems.get(problem.field), problem.message]))
+        if not problems and gate is not None and not gate.admit():
+            # Shown on the first input, since it concerns none in particular.
+            problems[names[0]] = BUSY
+        if not problems and parsed is not None:
+            parsed.keep(ParsedRequests.key(request, mode, list(values)), capabilities, parsed_request)
+        return [gr.validate(name not in problems, problems.get(name, "")) for name in names]
+
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    validate.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, keyword) for name in names]
+        + [inspect.Parameter("request", keyword, default=None, annotation=gr.Request)]
+    )
+    return validate
+
+
+def caption(model: str, image) -> str:
+    flagged = " · replaced: flagged by the safety checker" if image.has_nsfw_concepts else ""
+    return f"{model} · seed {image.seed}{flagged}"
+
+
+def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | None = None) -> Callable:
+    """The named API endpoint for `mode`: a generator whose signature is the API's parameters.
+
+    It yields (gallery, seed used, info): previews every few steps while denoising (with
+    `live_preview`), then the exact result. `predict()` returns the last; `submit()` iterates
+    them all. Closing it early (the Stop button, `job.cancel()`) cancels the generation at its
+    next step.
+    """
+    spec = MODES[mode]
+    names = endpoint_parameters(spec)
+    signature = endpoint_signature(spec)
+
+    def run(*args, **kwargs) -> Iterator[tuple[list, int, dict[str, Any]]]:
+        values = signature.bind(*args, **kwargs).arguments
+        http, progress = values.get("request"), values.get("progress") or gr.Progress()
+        raw = [values.get(name) for name in names]
+        request = parsed.take(ParsedRequests.key(http, mode, raw), playground.capabilities()) if parsed else None
+        if request is None:  # not validated here (or under other capabilities): parse now
+            try:
+                request = playground.parse(mode, dict(zip(names, raw, strict=True)))
+            except FieldError as error:
+                raise gr.Error(str(error), title="Invalid request") from None
+        missing = playground.missing_components(request)
+        if missing:  # a mode's first request loads its weights: say so rather than sit still
+            progress(0, desc=f"Loading {', '.join(missing)}")
+        yield from _results(playground, spec, request, arrival_time(http.request.scope if http else None), progress)
+
+    run.__name__ = run.__qualname__ = mode
+    run.__doc__ = spec.description
+    run.__signature__ = signature
+    run.__annotations__ = {"request": gr.Request}
+    return run
+
+
+def _results(playground: Playground, mode: Mode, request: GenerationRequest, received_at: float, progress):
+    """Run the request in a worker thread; yield its previews, then its result."""
+    extras = (gr.skip(),) if mode.returns_control_image else ()  # the control map comes at the end
+    events: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    worker = threading.Thread(target=_execute, daemon=True, name=f"{mode.name}-request",
+                              args=(playground, request, received_at, events, cancel))
+    worker.start()
+    try:
+        while (event := events.get())[0] != "done":
+            _, image_index, step, steps, latents = event
+            progress((image_index * steps + step, request.num_images * steps), desc="Denoising", unit="steps")
+            if request.live_preview and should_preview(step - 1, steps, PRESETS.preview_every_steps):
+                preview = preview_image(latents, request.height, request.width, PRESETS.preview_max_side)
+                label = f"preview · image {image_index + 1} of {request.num_images} · step {step}/{steps}"
+                yield [(preview, label)], request.seed, {"preview": True, "image_index": image_index,
+                                                         "step": step, "steps": steps}, *extras
+    finally:
+        cancel.set()  # no-op once finished; stops a generation whose caller went away
+    outcome = event[1]
+    if isinstance(outcome, GenerationError):
+        raise gr.Error(str(outcome), title=outcome.title)
+    for warning in outcome.info["warnings"]:
+        gr.Warning(warning)
+    gallery = [(str(image.file), caption(outcome.model, image)) for image in outcome.images]
+    if mode.returns_control_image:
+        yield gallery, request.seed, outcome.info, str(outcome.control_image.file)
+    else:
+        yield gallery, request.seed, outcome.info
+
+
+def _execute(playground: Playground, request, received_at: float, events: queue.Queue, cancel) -> None:
+    """Run a request in a worker thread, reporting steps (with latents) and the outcome as events."""
+
+    def on_step(image_index: int, step: int, steps: int, latents) -> None:
+        events.put(("step", image_index, step, steps, latents))
+
+    try:
+        events.put(("done", playground.execute(request, received_at, on_step, cancel)))
+    except GenerationError as error:
+        events.put(("done", error))
+
+
+def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
+    """The `/load_lora` and `/unload_lora` endpoints; each returns the loaded LoRAs."""
+
+    def load_lora(source: str, name: str | None = None) -> dict[str, Any]:
+        """Load a LoRA onto the FLUX.1 [dev] transformer: a hub repository (user/repo or
+        user/repo/file.safetensors), a URL to a .safetensors file, or a file in the server's
+        LoRA folders. Requests apply it by name in their `loras` field ("name:weight")."""
+        try:
+            playground.load_lora(source, name)
+        except FieldError as error:
+            raise gr.Error(str(error), title="LoRA not loaded") from None
+        return playground.manager.lora_status()
+
+    def unload_lora(name: str) -> dict[str, Any]:
+        """Take a loaded LoRA off the FLUX.1 [dev] transformer."""
+        try:
+            playground.unload_lora(name)
+        except FieldError as error:
+            raise gr.Error(str(error), title="LoRA not unloaded") from None
+        return playground.manager.lora_status()
+
+    return load_lora, unload_lora
+
+
+def restorable_values(mode: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The values of a mode's controls that reproduce a saved result's parameters: every
+    parameter the mode takes (the input image is not stored), at the result's exact size."""
+    spec = MODES[mode]
+    values = {name: parameters[name] for name in endpoint_parameters(spec)
+              if name in parameters and name not in ("image", "mask_image", *SIZE_PARAMETERS)}
+    if "width" in parameters and "height" in parameters and spec.sized:
+        values.update(image_size="custom", width=parameters["width"], height=parameters["height"])
+    return values
