@@ -7,8 +7,10 @@ Prints a table and writes JSON. Rows:
 - per mode: a steady-state request, the first request after switching from another mode, and
   their ratio (the cost of a mode switch; nothing is reloaded, so it should be about 1; a
   switch into or out of control also puts a control LoRA on the transformer or takes it off);
-- API overhead: the same request through gradio_client against the served app, over a
-  direct `Playground.execute` call;
+- serving overhead: a text-to-image request through gradio_client against the served app
+  (the defaults: previews, safety checker, PNG), over a plain diffusers FluxPipeline call on
+  the same weights with the same arguments, per `--serving` case (1024²/28 steps, the same
+  without previews, 512²/14 steps), interleaved; the served image equals the plain one;
 - resident bytes of all loaded modules against the bytes of their distinct storages.
 
 Every timing is the median of `--repeats` runs, measured in the same process, so ratios hold
@@ -35,10 +37,11 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 EXAMPLE = str(REPO / "presets" / "examples" / "bluebird.jpg")
+PROMPT = "a lighthouse at dusk"
 
 
 def raw_request(mode: str, size: int, steps: int) -> dict:
-    raw = {"prompt": "a lighthouse at dusk", "image_size": "custom", "width": size, "height": size,
+    raw = {"prompt": PROMPT, "image_size": "custom", "width": size, "height": size,
            "num_inference_steps": steps, "seed": 1, "live_preview": False, "enable_safety_checker": False}
     if mode != "text_to_image":
         raw["image"] = EXAMPLE
@@ -103,20 +106,69 @@ def measure(repeats: int, size: int, steps: int) -> dict:
             "playground": playground, "requests": requests}
 
 
-def api_overhead(measured: dict, repeats: int, size: int, steps: int) -> dict:
-    """gradio_client against the served app over a direct execute of the same request."""
+# Serving overhead: the served request takes every parameter's default but size, steps and
+# live_preview (safety checker on, PNG), as a user's would.
+def plain_diffusers_call(pipe, size: int, steps: int):
+    """What the served text-to-image request runs, as a plain diffusers call: the same weights,
+    arguments and CPU generator."""
+    import torch
+
+    from presets import PRESETS
+
+    return pipe(prompt=PROMPT, width=size, height=size, num_inference_steps=steps,
+                guidance_scale=PRESETS.default("guidance_scale", "text_to_image"), negative_prompt=None,
+                true_cfg_scale=1.0, generator=torch.Generator("cpu").manual_seed(1)).images[0]
+
+
+def serving_overhead(cases: dict, repeats: int) -> dict:
+    """A text-to-image request through gradio_client against the served app, over a plain
+    diffusers FluxPipeline call on the same demo weights with the same arguments; interleaved,
+    medians of `repeats`, and the served image checked against the plain one pixel for pixel."""
+    import numpy as np
+    from diffusers import FluxPipeline
     from gradio_client import Client
+
+    from pipelines.demo_family.family import build_tiny_family, default_root
+    from pipelines.models.sources import pick_placement
 
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import running_server
 
-    raw = raw_request("text_to_image", size, steps)
-    direct = median_seconds(lambda: measured["playground"].execute(measured["requests"]["text_to_image"]), repeats)
+    pipe = FluxPipeline.from_pretrained(build_tiny_family(default_root())["dev"],
+                                        torch_dtype=pick_placement().dtype).to(pick_placement().device)
+    pipe.set_progress_bar_config(disable=True)
+    rows = {}
     with running_server([], Path(tempfile.mkdtemp(prefix="bench-api-"))) as (_, _, url):
         client = Client(url, verbose=False)
-        client.predict(**raw, api_name="/text_to_image")  # warm up
-        through_api = median_seconds(lambda: client.predict(**raw, api_name="/text_to_image"), repeats)
-    return {"direct_s": direct, "api_s": through_api, "overhead_s": through_api - direct}
+        for name, (size, steps, preview) in cases.items():
+            def served():
+                return client.predict(prompt=PROMPT, image_size="custom", width=size, height=size,
+                                      num_inference_steps=steps, seed=1, live_preview=preview,
+                                      api_name="/text_to_image")
+
+            with Image.open(served()[0][0]["image"]) as image:  # warm-up, and the same pixels
+                same = np.array_equal(np.asarray(image.convert("RGB")), np.asarray(plain_diffusers_call(pipe, size, steps)))
+            direct, through_api = [], []
+            for repeat in range(repeats):  # interleaved, alternating which goes first
+                pair = [(direct, lambda: plain_diffusers_call(pipe, size, steps)), (through_api, served)]
+                for times, fn in pair if repeat % 2 == 0 else pair[::-1]:
+                    times.append(timed(fn))
+            row = {"size": size, "steps": steps, "live_preview": preview, "direct_s": statistics.median(direct),
+                   "api_s": statistics.median(through_api), "pixels_equal": same}
+            row.update(ratio=row["api_s"] / row["direct_s"], fixed_s=row["api_s"] - row["direct_s"])
+            rows[name] = row
+    first = next(iter(rows.values()))
+    return {"cases": rows, "direct_s": first["direct_s"], "api_s": first["api_s"]}
+
+
+def parse_cases(text: str) -> dict:
+    """ "1024/28,512/14:off" as serving cases (":off": live_preview off)."""
+    cases = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        sides, _, preview = item.partition(":")
+        size, steps = (int(number) for number in sides.split("/"))
+        cases[item] = (size, steps, preview != "off")
+    return cases
 
 
 def print_table(result: dict) -> None:
@@ -128,9 +180,11 @@ def print_table(result: dict) -> None:
     for mode, row in result["modes"].items():
         print(f"{mode + ' steady':<38}{row['steady_s']:>10.3f}")
         print(f"{mode + ' after a mode switch':<38}{row['after_switch_s']:>10.3f}{row['switch_ratio']:>10.3f}")
-    api = result["api"]
-    print(f"{'text_to_image direct execute':<38}{api['direct_s']:>10.3f}")
-    print(f"{'text_to_image via gradio_client':<38}{api['api_s']:>10.3f}{api['api_s'] / api['direct_s']:>10.3f}")
+    for name, row in result["api"]["cases"].items():
+        label = f"{name}{'' if row['live_preview'] else ' (no preview)'}"
+        print(f"{'plain diffusers ' + label:<38}{row['direct_s']:>10.3f}")
+        print(f"{'via gradio_client ' + label:<38}{row['api_s']:>10.3f}{row['ratio']:>10.3f}"
+              f"  fixed {row['fixed_s']:+.3f} s{'' if row['pixels_equal'] else '  PIXELS DIFFER'}")
     print(f"resident bytes {result['resident_bytes']:,} · unique storage bytes {result['unique_resident_bytes']:,} · "
           f"loads {sorted(set(result['load_counts'].values()))}")
 
@@ -141,12 +195,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--json", default=str(REPO / "bench" / "results.json"))
+    parser.add_argument("--serving", default="1024/28,1024/28:off,512/14",
+                        help='serving overhead cases, "SIZE/STEPS[:off]" (":off": live_preview off)')
     args = parser.parse_args(argv)
     measured = measure(args.repeats, args.size, args.steps)
     result = {key: value for key, value in measured.items() if key not in ("playground", "requests")}
     result.update(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()} {os.cpu_count()} cores",
                   size=args.size, steps=args.steps, repeats=args.repeats,
-                  api=api_overhead(measured, args.repeats, args.size, args.steps))
+                  api=serving_overhead(parse_cases(args.serving), max(args.repeats, 1)))
     print_table(result)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -149,7 +149,7 @@ class Playground:
 
     def capabilities(self) -> ServerCapabilities:
         """What requests may use now: the Fill model, the loaded LoRAs."""
-        ranks, limit = self.manager.lora_ranks()
+        ranks, limit = self.manager.loras.ranks()
         return ServerCapabilities(fill=self.fill, loras=frozenset(ranks), lora_ranks=ranks, lora_rank_limit=limit)
 
     @property

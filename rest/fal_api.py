@@ -75,7 +75,7 @@ def raw_fields(body: FalBody, mode: str, defaults: dict[str, Any], settings: Res
 def lora_names(playground, loras: list[LoraWeight]) -> list[tuple[str, float]]:
     """fal's `loras` as (loaded name, scale): each path is a loaded LoRA's name or source, or is
     loaded now (and stays loaded for the next request that names it)."""
-    loaded = playground.manager.lora_status()
+    loaded = playground.manager.loras.status()
     by_source = {entry["source"]: name for name, entry in loaded.items()}
     pairs = []
     for lora in loras:

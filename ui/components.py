@@ -77,16 +77,17 @@ def settings_controls(mode: str, variant: str | None = None) -> dict[str, gr.Com
         if MODES[mode].sized:
             controls.update(size_controls(mode, size_default))
         else:
-            controls["num_images"] = slider("num_images")
+            controls["num_images"] = slider("num_images", mode, variant)
         with gr.Row():
             controls["num_inference_steps"] = slider("num_inference_steps", mode, variant)
             controls["guidance_scale"] = slider("guidance_scale", mode, variant)
         seed = PRESETS.field("seed")
         with gr.Row():
-            controls["seed"] = Number(value=seed.default, precision=0, label=seed.label, info=seed.info)
+            controls["seed"] = Number(value=PRESETS.default("seed", mode, variant), precision=0, label=seed.label,
+                                      info=seed.info)
             controls["output_format"] = Radio(list(PRESETS.output_formats),
                                               value=PRESETS.default_output_format, label="Output format")
-        controls["output_quality"] = slider("output_quality")
+        controls["output_quality"] = slider("output_quality", mode, variant)
         with gr.Row():
             for name in ("enable_safety_checker", "live_preview"):
                 flag = PRESETS.flags[name]
@@ -111,7 +112,7 @@ def size_controls(mode: str, size_default: str) -> dict[str, gr.Component]:
             list(PRESETS.size_choices(mode)), value=size_default, label="Image size",
             info="A preset, match_input (follow the input image) or custom.",
         )
-        controls["num_images"] = slider("num_images")
+        controls["num_images"] = slider("num_images", mode)
     with gr.Row(visible=size_default == CUSTOM) as custom_row:
         controls["width"] = slider("width")
         controls["height"] = slider("height")

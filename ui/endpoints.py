@@ -211,7 +211,7 @@ def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
             playground.load_lora(source, name)
         except FieldError as error:
             raise gr.Error(str(error), title="LoRA not loaded") from None
-        return playground.manager.lora_status()
+        return playground.manager.loras.status()
 
     def unload_lora(name: str) -> dict[str, Any]:
         """Take a loaded LoRA off the FLUX.1 [dev] transformer."""
@@ -219,7 +219,7 @@ def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
             playground.unload_lora(name)
         except FieldError as error:
             raise gr.Error(str(error), title="LoRA not unloaded") from None
-        return playground.manager.lora_status()
+        return playground.manager.loras.status()
 
     return load_lora, unload_lora
 

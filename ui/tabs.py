@@ -202,7 +202,7 @@ def _result_as_input(gallery: list | None, index: int):
 
 def compiled_lora_note(playground: Playground) -> str:
     """What a compiled transformer means for LoRAs, when this server has one."""
-    _, rank_limit = playground.manager.lora_ranks()
+    _, rank_limit = playground.manager.loras.ranks()
     if rank_limit is None:
         return ""
     return (f" This server's transformer is compiled: LoRAs take turns in one adapter of rank {rank_limit}, so "
@@ -224,13 +224,13 @@ def lora_tab(playground: Playground) -> None:
         load = gr.Button("Load LoRA", variant="primary", elem_id="load-lora")
         with gr.Row():
             # Unchecked: the choices change as LoRAs load; the manager says when a name is unknown.
-            loaded_names = Dropdown(sorted(playground.manager.lora_names()), label="Loaded LoRA", scale=3)
+            loaded_names = Dropdown(sorted(playground.manager.loras.names()), label="Loaded LoRA", scale=3)
             unload = gr.Button("Unload", scale=1)
-        loaded = gr.JSON(label="Loaded LoRAs", value=playground.manager.lora_status(), elem_id="loaded-loras")
+        loaded = gr.JSON(label="Loaded LoRAs", value=playground.manager.loras.status(), elem_id="loaded-loras")
     load_lora, unload_lora = make_lora_endpoints(playground)
 
     def names():
-        return gr.Dropdown(choices=sorted(playground.manager.lora_names()), value=None)
+        return gr.Dropdown(choices=sorted(playground.manager.loras.names()), value=None)
 
     # Their own queue: a download must not hold up generation (the manager locks the accelerator
     # only to apply the LoRA).

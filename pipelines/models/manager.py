@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from pipelines.errors import FieldError
 from pipelines.loras import adapters
-from pipelines.loras.adapters import AdapterState, UserLora
-from pipelines.loras.slot import LoraSlot
+from pipelines.loras.adapters import UserLora
+from pipelines.loras.library import LoraLibrary
 from pipelines.models.acceleration import apply_profile
 from pipelines.models.components import (
     COMPONENTS,
@@ -73,11 +72,13 @@ class PipelineManager:
     # the others in pinned CPU memory) or "offload" (diffusers' group offloading).
     acceleration: Profile = field(default_factory=lambda: ACCELERATION.profile("none"))
     residency: str = "resident"
-    _loras: dict[str, UserLora] = field(default_factory=dict)
-    _adapters: AdapterState = field(default_factory=AdapterState)
+    loras: LoraLibrary = field(init=False)  # the users' LoRAs and the adapters on the dev transformer
     _accelerated: dict[str, dict] = field(default_factory=dict)
     compile_info: dict = field(default_factory=dict)  # the compile cache and warm-up, set at start
     _swapper: Swapper | None = None
+
+    def __post_init__(self):
+        self.loras = LoraLibrary(self.max_loras)
 
     def component(self, name: str) -> Any:
         """The loaded component, loading it on first use."""
@@ -126,10 +127,7 @@ class PipelineManager:
             # bypass or break them, so its profile skips those and says so.
             self._accelerated[name] = apply_profile(module, self.acceleration, device, loras=name == "transformer")
             if name == "transformer" and "compile" in self._accelerated[name]["applied"]:
-                # LoRA switches must not recompile: the slot is there from the start, always.
-                self._adapters.slot = LoraSlot(self.lora_rank)
-                with torch.inference_mode(False):
-                    self._adapters.slot.create(module)
+                self.loras.make_slot(module, self.lora_rank)
         return module
 
     def transformer_report(self, name: str) -> dict:
@@ -175,92 +173,33 @@ class PipelineManager:
         return pipes
 
     def _set_adapters(self, pipe, control: str | None, loras: tuple[tuple[str, float], ...]) -> None:
-        state = self._adapters
-        with torch.inference_mode(False):  # tensors made here outlive the request: no inference tensors
-            if state.stale or state.control != control:  # only a full restore takes a control LoRA off
-                self._rebuild_adapters(pipe, control)
-            adapters.activate(pipe, state, loras)
+        # Loading the control LoRA may download or fail: before anything is taken off.
+        needed = control is not None and self.loras.needs_rebuild(control)
+        self.loras.set_for_request(pipe, control, self.component(f"{control}_lora") if needed else None, loras)
 
     def _activate(self, transformer: str) -> None:
         """Under the "swap" policy, bring the transformer onto the accelerator (the others out)."""
         if self._swapper is not None and transformer in self._components:
             self._swapper.activate(transformer)
 
-    def _rebuild_adapters(self, pipe, control: str | None) -> None:
-        """Restore the base transformer, then apply the control LoRA and the users' LoRAs."""
-        state = self._adapters
-        started = time.perf_counter()
-        # Loading the control LoRA may download or fail: before anything is taken off.
-        control_tensors = self.component(f"{control}_lora") if control is not None else None
-        adapters.restore_base(pipe, state)
-        try:
-            if control is not None:
-                adapters.apply_control(pipe, state, control, control_tensors)
-            if state.slot:
-                state.slot.create(pipe.transformer)
-            for lora in self._loras.values():
-                adapters.reapply_user_lora(pipe, state, lora)
-        except Exception:
-            state.stale = True  # half applied: the next request restores and applies everything again
-            raise
-        state.rebuilds += 1
-        state.rebuild_seconds += time.perf_counter() - started
-
-    # --- users' LoRAs ---------------------------------------------------------------------------
-
-    def lora_names(self) -> frozenset[str]:
-        return frozenset(self._loras)
-
-    def lora_status(self) -> dict[str, dict]:
-        """The loaded LoRAs, by name (what `/status` lists under "loras")."""
-        return {name: lora.status() for name, lora in dict(self._loras).items()}
+    # --- users' LoRAs: the library owns them; the manager gives it the transformer, under the lock ---
 
     def load_lora(self, source: str, name: str | None = None, weight_name: str | None = None) -> UserLora:
         """Load a LoRA (a file, a folder or a hub repository) onto the dev transformer as
         adapter `name`. It stays inactive until a request names it."""
-        name = adapters.clean_name(name) if name else adapters.lora_name(weight_name or source)
-        if not name:
-            raise FieldError("name", "name must contain letters, digits, - or _")
-        if name in adapters.RESERVED_NAMES:
-            raise FieldError("name", f"{name!r} is the name of an adapter of the server's own; choose another name")
+        name = self.loras.checked_name(name, source, weight_name)
         started = time.perf_counter()
         # A hub download happens here, before the accelerator lock: generation goes on meanwhile.
         file = adapters.resolve_lora_file(source, weight_name, self.local_files_only, self.token)
         with self.lock:
-            if name in self._loras:
-                raise FieldError("name", f"a LoRA named {name!r} is loaded already; unload it or choose another name")
-            if len(self._loras) >= self.max_loras:
-                raise FieldError("source", f"{self.max_loras} LoRAs are loaded, the most this server keeps; "
-                                          "unload one first")
             pipe = self.pipeline("text_to_image")
             self._activate("transformer")
-            lora = UserLora(name, source, file, adapters.lora_rank(file), file.stat().st_size, 0.0)
-            try:
-                with torch.inference_mode(False):
-                    adapters.apply_user_lora(pipe, self._adapters, lora)
-            except Exception:
-                adapters.drop_user_lora(pipe, self._adapters, name)
-                raise
-            lora.load_seconds = time.perf_counter() - started
-            self._loras[name] = lora
-            return lora
+            return self.loras.load(pipe, name, source, file, started)
 
     def unload_lora(self, name: str) -> None:
         with self.lock:
-            if name not in self._loras:
-                raise FieldError("name", f"no LoRA named {name!r} is loaded (loaded: {', '.join(self._loras) or 'none'})")
-            del self._loras[name]
             self._activate("transformer")
-            adapters.drop_user_lora(self.pipeline("text_to_image"), self._adapters, name)
-
-    def has_lora_slot(self) -> bool:
-        """Whether users' LoRAs share one hot-swapped adapter (the dev transformer is compiled)."""
-        return self._adapters.slot is not None
-
-    def lora_ranks(self) -> tuple[dict[str, int], int | None]:
-        """The loaded LoRAs' ranks, and the most they may add up to in one request (None: no limit)."""
-        limit = self._adapters.slot.rank if self.has_lora_slot() else None
-        return {name: lora.rank or 0 for name, lora in dict(self._loras).items()}, limit
+            self.loras.unload(self.pipeline("text_to_image"), name)
 
     def preload(self, pipelines: tuple[str, ...] = ("text_to_image",)) -> None:
         """Load what the given pipelines need now rather than on their first request."""
@@ -307,8 +246,8 @@ class PipelineManager:
             "acceleration": {"profile": self.acceleration.name, "transformers": dict(self._accelerated),
                              **self.compile_info},
             "residency": self._swapper.status() if self._swapper else {"policy": self.residency},
-            "loras": self.lora_status(),
-            "adapters": self._adapters.status(),
+            "loras": self.loras.status(),
+            "adapters": self.loras.adapter_status(),
             "device": str(self.placement.device),
             "dtype": str(self.placement.dtype).removeprefix("torch."),
             "components": components,

@@ -64,7 +64,7 @@ def warm_up_compiled(manager: PipelineManager, sizes: str, compile_cache: dict) 
     def run(width: int, height: int):
         with manager.lock, torch.inference_mode():
             pipe(prompt="warm-up", width=width, height=height, num_inference_steps=steps, output_type="latent")
-            if manager.has_lora_slot():  # and as requests with LoRAs run, so that their first compiles nothing
+            if manager.loras.has_slot():  # and as requests with LoRAs run, so that their first compiles nothing
                 with adapters.slot_switched_on(pipe):
                     pipe(prompt="warm-up", width=width, height=height, num_inference_steps=steps,
                          output_type="latent")

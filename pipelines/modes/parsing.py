@@ -42,4 +42,4 @@ def parse_request(mode: str, raw: Mapping[str, Any],
     spec.read_fields(fields, values)
     if fields.errors:
         raise FieldError.collect(fields.errors)
-    return spec.request_type(**values, warnings=tuple(fields.warnings))
+    return spec.request_type(**values, mode=spec.name, warnings=tuple(fields.warnings))

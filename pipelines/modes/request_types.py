@@ -9,7 +9,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
 
 from PIL import Image
 
@@ -20,7 +19,6 @@ from presets import PRESETS
 class GenerationRequest:
     """Fields every mode shares. `seed` is -1 until `with_seed` resolves it."""
 
-    mode: ClassVar[str]
     prompt: str
     width: int
     height: int
@@ -32,6 +30,8 @@ class GenerationRequest:
     output_quality: int
     enable_safety_checker: bool
     live_preview: bool
+    # The mode of the table the request is for (several modes may share a request type).
+    mode: str = field(kw_only=True)
     # Step caching for this request: "auto" (the acceleration profile's default) or a kind.
     step_cache: str = field(default="auto", kw_only=True)
     # LoRAs applied to the dev transformer, as ((name, weight), ...); none for Kontext.
@@ -46,21 +46,18 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class TextToImageRequest(GenerationRequest):
-    mode: ClassVar[str] = "text_to_image"
     negative_prompt: str
     true_cfg_scale: float
 
 
 @dataclass(frozen=True)
 class ImageToImageRequest(GenerationRequest):
-    mode: ClassVar[str] = "image_to_image"
     image: Image.Image
     strength: float
 
 
 @dataclass(frozen=True)
 class KontextEditRequest(GenerationRequest):
-    mode: ClassVar[str] = "kontext_edit"
     image: Image.Image
     negative_prompt: str
     true_cfg_scale: float
@@ -68,7 +65,6 @@ class KontextEditRequest(GenerationRequest):
 
 @dataclass(frozen=True)
 class ReduxVariationRequest(GenerationRequest):
-    mode: ClassVar[str] = "redux_variation"
     image: Image.Image
     prompt_embeds_scale: float
     pooled_prompt_embeds_scale: float
@@ -77,7 +73,6 @@ class ReduxVariationRequest(GenerationRequest):
 # The inpainting fields. Outpainting is inpainting on a padded canvas with the new area masked.
 @dataclass(frozen=True)
 class InpaintRequest(GenerationRequest):
-    mode: ClassVar[str] = "inpaint"
     image: Image.Image
     mask: Image.Image  # "L", the image's size: white is repainted
     strength: float
@@ -86,7 +81,6 @@ class InpaintRequest(GenerationRequest):
 
 @dataclass(frozen=True)
 class OutpaintRequest(InpaintRequest):
-    mode: ClassVar[str] = "outpaint"
     expand_left: int
     expand_right: int
     expand_top: int
@@ -96,7 +90,6 @@ class OutpaintRequest(InpaintRequest):
 
 @dataclass(frozen=True)
 class ControlRequest(GenerationRequest):
-    mode: ClassVar[str] = "control"
     image: Image.Image  # what the control map is made from (or, without preprocess, the map)
     control_type: str
     preprocess: bool

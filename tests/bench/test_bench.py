@@ -12,7 +12,7 @@ from conftest import REPO
 def test_benchmark_smoke_run_prints_a_table_and_writes_json(family, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "bench.run", "--repeats", "1", "--size", "256", "--steps", "2",
-                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--json", str(out), "--serving", "256/2,256/2:off"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "after a mode switch" in done.stdout and "via gradio_client" in done.stdout
     result = json.loads(out.read_text())
@@ -23,6 +23,10 @@ def test_benchmark_smoke_run_prints_a_table_and_writes_json(family, tmp_path):
     assert set(result["load_counts"].values()) == {1}
     assert result["resident_bytes"] == result["unique_resident_bytes"] > 0
     assert result["api"]["api_s"] > 0 and result["startup_s"] > 0
+    # The serving rows: the served request against a plain diffusers call, the same pixels.
+    cases = result["api"]["cases"]
+    assert set(cases) == {"256/2", "256/2:off"} and not cases["256/2:off"]["live_preview"]
+    assert all(row["pixels_equal"] and row["direct_s"] > 0 and row["ratio"] > 0 for row in cases.values())
 
 
 def test_lora_switches_on_a_compiled_transformer_never_compile(family):

@@ -83,7 +83,7 @@ def test_a_compiled_manager_folds_loras_into_the_slot(compiled_manager, family):
     assert list(transformer.peft_config) == ["playground_loras"]  # the LoRA's own adapter is gone
     adapters = manager.status()["adapters"]
     assert adapters["method"] == "hot-swap slot" and adapters["slot"]["rank"] == 64 and lora.rank == 4
-    assert manager.lora_ranks() == ({"style": 4}, 64)
+    assert manager.loras.ranks() == ({"style": 4}, 64)
     manager.load_lora(str(family["loras"] / "tiny-kohya-style.safetensors"), "kohya")
     encoder_adapters = manager.pipeline("text_to_image").get_list_adapters()["text_encoder"]
     assert encoder_adapters == ["kohya"]  # the text encoder keeps its own adapter
@@ -100,7 +100,7 @@ def test_a_lora_above_the_slot_rank_is_refused_and_leaves_nothing(compiled_manag
     with pytest.raises(FieldError, match="rank is 4.*--lora-rank 4") as raised:
         manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
     assert raised.value.field == "source"
-    assert manager.lora_names() == frozenset()
+    assert manager.loras.names() == frozenset()
     assert list(manager.pipeline("text_to_image").transformer.peft_config) == ["playground_loras"]
 
 
@@ -112,7 +112,7 @@ def test_a_text_encoder_only_lora_leaves_the_slot_alone(compiled_manager, family
     manager = compiled_manager(64)
     manager.load_lora(str(family["loras"] / "tiny-style-lora"), "style")
     manager.load_lora(str(tmp_path / "words.safetensors"), "words")
-    assert manager.lora_ranks() == ({"style": 4, "words": 0}, 64)
+    assert manager.loras.ranks() == ({"style": 4, "words": 0}, 64)
     with manager.lock:
         pipe = manager.enter("text_to_image", ("text_to_image",), loras=(("style", 1.0), ("words", 0.5)))[0]
         assert pipe.transformer.active_adapters() == ["playground_loras"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from diffusers import FluxKontextPipeline, FluxPipeline, FluxPriorReduxPipeline
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 from PIL import Image
@@ -137,7 +138,7 @@ def test_default_root(monkeypatch, tmp_path):
     monkeypatch.setenv("FLUX_PLAYGROUND_DEMO_MODELS", str(tmp_path))
     assert default_root() == tmp_path
     monkeypatch.delenv("FLUX_PLAYGROUND_DEMO_MODELS")
-    assert default_root() == Path(__file__).resolve().parents[1] / "demo-models"
+    assert default_root() == REPO / "demo-models"
 
 
 def test_geometry(dev_pipe):
