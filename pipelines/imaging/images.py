@@ -18,6 +18,10 @@ from presets import PRESETS
 # Pillow's names for the formats users ask for.
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# PNG is lossless at every zlib level, so the level trades only bytes for time: level 1 encodes
+# a 1024x1024 result several times faster than Pillow's default 6 for about 3% more bytes
+# (bench/RESULTS.md, "Serving overhead").
+PNG_COMPRESS_LEVEL = 1
 
 # Input formats Pillow may try. Others (EPS runs Ghostscript, PSD, ICNS, ...) are a larger attack
 # surface for no use here. MPO (a camera JPEG with extra previews) opens through the JPEG opener.
@@ -105,7 +109,7 @@ def encode_image(image: Image.Image, output_format: str, quality: int, **save_op
     """The image as a file in the format asked for; quality applies to JPEG and WebP.
     `save_options` go to Pillow's `save` (e.g. metadata: `pnginfo`, `exif`)."""
     buffer = io.BytesIO()
-    options = {} if output_format == "png" else {"quality": quality}
+    options = {"compress_level": PNG_COMPRESS_LEVEL} if output_format == "png" else {"quality": quality}
     image.save(buffer, format=PIL_FORMATS[output_format], **options, **save_options)
     return buffer.getvalue()
 
