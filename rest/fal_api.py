@@ -125,9 +125,7 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
                 if body.loras:
                     raw["loras"] = await run_in_threadpool(lora_names, playground, body.loras)
                 result = await run_request(playground, mode, raw, http)
-            except FieldError as error:
-                return fal_error(FIELD_NAMES.get(error.field, error.field), str(error))
-            except FieldError as error:
+            except FieldError as error:  # every problem, each in fal's names
                 return JSONResponse(status_code=422, content={"detail": [
                     {"loc": ["body", field], "msg": message, "type": "value_error"}
                     for field, message in (rename_field(problem, FIELD_NAMES) for problem in error.problems)]})

@@ -102,9 +102,7 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
             return model, playground.parse(MODEL_MODES[model], raw)
         except UnknownModel as error:
             return failed(404, str(error))
-        except FieldError as error:
-            return failed(400, f"Invalid parameter: {error}")
-        except FieldError as error:
+        except FieldError as error:  # an input RunPod names itself (size, image), or a parsed field
             names = FIELD_NAMES if model == "dev" else KONTEXT_FIELD_NAMES
             return failed(400, f"Invalid parameter: {first_error(error, names)[1]}")
 

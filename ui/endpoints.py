@@ -115,6 +115,7 @@ def make_validator(playground: Playground, mode: str, parsed: ParsedRequests | N
         [inspect.Parameter(name, keyword) for name in names]
         + [inspect.Parameter("request", keyword, default=None, annotation=gr.Request)]
     )
+    validate.__annotations__ = {"request": gr.Request}  # how gradio finds where to pass the request
     return validate
 
 
