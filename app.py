@@ -24,10 +24,11 @@ from pipelines.models.startup import (
     limit_malloc_arenas,
     start_manager,
 )
+from pipelines.modes.table import MODES
 from pipelines.outputs.results import ResultStore
 from pipelines.outputs.safety import SafetyChecker
 from pipelines.service import Playground
-from presets import PRESETS
+from presets import PARAMETERS_FILE, PRESETS
 from rest import add_rest_api
 from rest.arrival import ArrivalStamp
 from rest.common import RestSettings
@@ -143,6 +144,10 @@ def logins(auth: str | None) -> list[tuple[str, str]] | None:
 
 def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     """One process, one manager: the REST APIs and the Gradio page and API on one FastAPI app."""
+    missing = [name for name in MODES if name not in PRESETS.modes]
+    if missing:  # a mode declared in the table needs its entry in the parameter file
+        raise SystemExit(f"FLUX Playground: {PARAMETERS_FILE} has no [modes.{missing[0]}] entry; every mode of "
+                         f"pipelines/modes/table.py needs one (missing: {', '.join(missing)})")
     manager, demo_reason = start_manager(args)
     store = ResultStore(Path(args.outputs_dir), retention_seconds=args.retention_hours * 3600)
     store.start_sweeper()

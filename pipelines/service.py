@@ -157,10 +157,11 @@ class Playground:
         """FLUX.1-Fill-dev is configured: inpainting and outpainting run on it."""
         return bool(self.manager.sources.fill)
 
-    def parse(self, mode: str, raw: Mapping[str, Any]) -> GenerationRequest:
+    def parse(self, mode: str, raw: Mapping[str, Any],
+              capabilities: ServerCapabilities | None = None) -> GenerationRequest:
         """The one parse: raw values -> a validated request with its seed resolved, or a
-        FieldError naming every invalid field."""
-        return with_seed(parse_request(mode, raw, self.capabilities()))
+        FieldError naming every invalid field. `capabilities`: as the caller read them (now)."""
+        return with_seed(parse_request(mode, raw, capabilities or self.capabilities()))
 
     def missing_components(self, request: GenerationRequest) -> list[str]:
         """What the request's mode still has to load (its first request pays for it)."""

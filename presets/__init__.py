@@ -125,8 +125,17 @@ class Presets:
         return extra + tuple(self.image_sizes) + (CUSTOM,)
 
 
+def read_toml(path: Path) -> dict:
+    """A parameter file's contents, or a ValueError saying which file (and variable) is wrong."""
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        given = " (FLUX_PARAMETERS_FILE)" if os.environ.get("FLUX_PARAMETERS_FILE") else ""
+        raise ValueError(f"the parameter file {path}{given} cannot be read: {error}") from None
+
+
 def load_presets(path: Path = PARAMETERS_FILE) -> Presets:
-    data = tomllib.loads(path.read_text())
+    data = read_toml(path)
     fields = {
         name: NumericField(name=name, **spec) for name, spec in data["fields"].items()
     }

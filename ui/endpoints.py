@@ -99,7 +99,7 @@ def make_validator(playground: Playground, mode: str, parsed: ParsedRequests | N
         problems: dict[str, str] = {}
         capabilities = playground.capabilities()
         try:
-            parsed_request = playground.parse(mode, dict(zip(names, values, strict=True)))
+            parsed_request = playground.parse(mode, dict(zip(names, values, strict=True)), capabilities)
         except FieldError as error:
             for problem in error.problems:
                 problems[problem.field] = "; ".join(filter(None, [problems.get(problem.field), problem.message]))

@@ -3,6 +3,8 @@ and wires its Generate button to its API endpoint."""
 
 from __future__ import annotations
 
+from itertools import groupby
+
 import gradio as gr
 
 from pipelines.loras.sources import available_loras
@@ -46,7 +48,7 @@ def wire(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mode: 
 
 def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mode: Mode) -> dict:
     """A mode's tab: its own inputs, the shared settings, results and examples."""
-    variant = mode.variant({}, playground.fill, PRESETS.choices)
+    variant = mode.variant({}, playground.fill)
     with gr.Tab(PRESETS.modes[mode.name].title, id=mode.name):
         with gr.Row():
             with gr.Column(scale=5):
@@ -98,21 +100,15 @@ def mode_inputs(mode: Mode, variant: str | None) -> dict[str, gr.Component]:
     labels, placeholders = PRESETS.modes[mode.name].labels, PRESETS.modes[mode.name].placeholders
     controls: dict[str, gr.Component] = {}
     names = [name for name in mode.parameters if name != "true_cfg_scale"]  # it joins the negative prompt
-    index = 0
-    while index < len(names):
-        name = names[index]
-        if name in PRESETS.fields:
-            run = [name]
-            while index + len(run) < len(names) and names[index + len(run)] in PRESETS.fields:
-                run.append(names[index + len(run)])
-            with gr.Row():
-                for field in run:
-                    controls[field] = slider(field, mode.name, variant,
-                                             **({"visible": SHOWN_FOR[field] == variant} if field in SHOWN_FOR else {}))
-            index += len(run)
+    for numeric, run in groupby(names, key=lambda name: name in PRESETS.fields):
+        if not numeric:
+            for name in run:
+                controls.update(field_input(mode, name, labels, placeholders))
             continue
-        controls.update(field_input(mode, name, labels, placeholders))
-        index += 1
+        with gr.Row():
+            for name in run:
+                shown = {"visible": SHOWN_FOR[name] == variant} if name in SHOWN_FOR else {}
+                controls[name] = slider(name, mode.name, variant, **shown)
     return controls
 
 
@@ -166,7 +162,7 @@ def follow_variant(mode: Mode, controls: dict) -> None:
 
 def variant_defaults(mode: Mode, value: str) -> tuple:
     """The variant's guidance and steps."""
-    variant = mode.variant({mode.variant_field: value}, False, PRESETS.choices)
+    variant = mode.variant({mode.variant_field: value}, False)
     return tuple(PRESETS.default(name, mode.name, variant) for name in VARIANT_FIELDS)
 
 

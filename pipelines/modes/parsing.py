@@ -14,7 +14,6 @@ from pipelines.errors import FieldError
 from pipelines.modes.fields import FieldReader
 from pipelines.modes.request_types import GenerationRequest, ServerCapabilities
 from pipelines.modes.table import MODES
-from presets import PRESETS
 
 
 def parse_request(mode: str, raw: Mapping[str, Any],
@@ -23,7 +22,7 @@ def parse_request(mode: str, raw: Mapping[str, Any],
     FieldError listing every invalid field."""
     spec = MODES[mode]
     route = spec.route_for(capabilities.fill)
-    fields = FieldReader(raw, mode, spec.variant(raw, capabilities.fill, PRESETS.choices), spec.match_input)
+    fields = FieldReader(raw, mode, spec.variant(raw, capabilities.fill), spec.match_input)
     values: dict[str, Any] = {
         "prompt": fields.text("prompt", required=spec.prompt_required),
         "num_inference_steps": fields.number("num_inference_steps"),

@@ -28,6 +28,7 @@ from pipelines.modes.request_types import (
     ReduxVariationRequest,
     TextToImageRequest,
 )
+from presets import PRESETS
 
 # (fields, values) -> None: reads the mode's own fields into the request's values.
 ReadFields = Callable[[FieldReader, dict], None]
@@ -80,13 +81,13 @@ class Mode:
         """The route with the models configured (`fill`: FLUX.1-Fill-dev is)."""
         return self.fill_route if fill and self.fill_route is not None else self.route
 
-    def variant(self, raw: Mapping[str, Any], fill: bool, choices: Mapping[str, Any]) -> str | None:
+    def variant(self, raw: Mapping[str, Any], fill: bool) -> str | None:
         """Which presets variant a request's defaults come from: the route's (Fill), else the
         value of `variant_field` (the preset choice's default when absent or unknown)."""
         route = self.route_for(fill)
         if route.variant or self.variant_field is None:
             return route.variant
-        choice = choices[self.variant_field]
+        choice = PRESETS.choices[self.variant_field]
         value = raw.get(self.variant_field)
         return value if value in choice.values else choice.default
 

@@ -149,3 +149,32 @@ def test_no_module_but_the_table_lists_the_modes():
 def test_bench_reads_the_table():
     text = (REPO / "bench" / "run.py").read_text()
     assert "from pipelines.modes.table import MODES" in text
+
+
+def start_with_parameters(parameters: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`python app.py --demo` with FLUX_PARAMETERS_FILE, expected to stop at start."""
+    env = {**os.environ, "FLUX_PARAMETERS_FILE": str(parameters), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "app.py", "--demo", "--outputs-dir", str(tmp_path / "out")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_parameter_file_that_cannot_be_read_stops_the_start_naming_it(tmp_path):
+    missing = tmp_path / "nowhere.toml"
+    done = start_with_parameters(missing, tmp_path)
+    assert done.returncode != 0
+    assert f"the parameter file {missing} (FLUX_PARAMETERS_FILE) cannot be read" in done.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[modes.text_to_image\n")
+    done = start_with_parameters(broken, tmp_path)
+    assert done.returncode != 0 and f"the parameter file {broken} (FLUX_PARAMETERS_FILE) cannot be read" in done.stderr
+
+
+def test_a_mode_without_its_preset_entry_stops_the_start_naming_it(family, tmp_path):
+    text = (REPO / "presets" / "parameters.toml").read_text()
+    start = text.index("[modes.control]")
+    end = text.index("\n[", start + 1)
+    parameters = tmp_path / "parameters.toml"
+    parameters.write_text(text[:start] + text[end:])
+    done = start_with_parameters(parameters, tmp_path)
+    assert done.returncode != 0
+    assert f"{parameters} has no [modes.control] entry" in done.stderr

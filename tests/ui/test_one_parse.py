@@ -11,9 +11,9 @@ def test_the_validator_hands_its_parsed_request_to_the_endpoint(client, playgrou
     parses, decodes = [], []
     real_parse, real_load = playground.parse, fields_module.load_input_image
 
-    def counting_parse(mode, raw):
+    def counting_parse(mode, raw, *args):
         parses.append(mode)
-        return real_parse(mode, raw)
+        return real_parse(mode, raw, *args)
 
     def counting_load(value, *args, **kwargs):
         decodes.append(value)
