@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +34,9 @@ SHARED_PARAMETERS = SIZE_PARAMETERS + (
     "num_inference_steps", "guidance_scale", "seed",
     "num_images", "output_format", "output_quality", "enable_safety_checker", "live_preview",
 )
+# Progress goes to the page and the client at most this often: each update is a message every
+# client parses, and on a small model a message per step slowed denoising itself (bench/RESULTS.md).
+PROGRESS_INTERVAL_SECONDS = 0.25
 BUSY = "The server is busy: too many requests are waiting. Please try again in a moment."
 
 
@@ -166,10 +170,13 @@ def _results(playground: Playground, mode: Mode, request: GenerationRequest, rec
     worker = threading.Thread(target=_execute, daemon=True, name=f"{mode.name}-request",
                               args=(playground, request, received_at, events, cancel))
     worker.start()
+    reported = 0.0
     try:
         while (event := events.get())[0] != "done":
             _, image_index, step, steps, latents = event
-            progress((image_index * steps + step, request.num_images * steps), desc="Denoising", unit="steps")
+            if time.monotonic() - reported >= PROGRESS_INTERVAL_SECONDS:
+                reported = time.monotonic()
+                progress((image_index * steps + step, request.num_images * steps), desc="Denoising", unit="steps")
             if request.live_preview and should_preview(step - 1, steps, PRESETS.preview_every_steps):
                 preview = preview_image(latents, request.height, request.width, PRESETS.preview_max_side)
                 label = f"preview · image {image_index + 1} of {request.num_images} · step {step}/{steps}"
