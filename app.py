@@ -33,7 +33,7 @@ from rest import add_rest_api
 from rest.arrival import ArrivalStamp
 from rest.common import RestSettings
 from ui import build_ui
-from ui.queue_gate import QueueGate
+from ui.queue_gate import QueueGate, poll_queue_calmly
 
 log = logging.getLogger("flux_playground")
 
@@ -170,6 +170,7 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     demo = build_ui(playground, gate)
     gate.attach(demo)
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
+    poll_queue_calmly(demo)
     # Results are served by id; the history index (every prompt) is not served at all.
     app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(store.folder)],
                               blocked_paths=[str(store.index_path)], auth=logins(args.auth),

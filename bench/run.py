@@ -7,10 +7,13 @@ Prints a table and writes JSON. Rows:
 - per mode: a steady-state request, the first request after switching from another mode, and
   their ratio (the cost of a mode switch; nothing is reloaded, so it should be about 1; a
   switch into or out of control also puts a control LoRA on the transformer or takes it off);
-- serving overhead: a text-to-image request through gradio_client against the served app
-  (the defaults: previews, safety checker, PNG), over a plain diffusers FluxPipeline call on
-  the same weights with the same arguments, per `--serving` case (1024²/28 steps, the same
-  without previews, 512²/14 steps), interleaved; the served image equals the plain one;
+- serving overhead: a text-to-image request through gradio_client against `python app.py
+  --demo` in its own process (the defaults: previews, safety checker, PNG), over a plain
+  diffusers FluxPipeline call on the same weights with the same arguments, per `--serving`
+  case (1024²/28 steps, the same without previews, 512²/14 steps), interleaved; the served
+  image equals the plain one. Beside it, Gradio's floor: the same request to an endpoint of
+  the same shape that does no work (bench/gradio_floor.py), and what is left, the
+  playground's own cost (served − plain − floor);
 - resident bytes of all loaded modules against the bytes of their distinct storages.
 
 Every timing is the median of `--repeats` runs, measured in the same process, so ratios hold
@@ -121,41 +124,52 @@ def plain_diffusers_call(pipe, size: int, steps: int):
 
 
 def serving_overhead(cases: dict, repeats: int) -> dict:
-    """A text-to-image request through gradio_client against the served app, over a plain
-    diffusers FluxPipeline call on the same demo weights with the same arguments; interleaved,
-    medians of `repeats`, and the served image checked against the plain one pixel for pixel."""
+    """A text-to-image request through gradio_client against `python app.py --demo` in its own
+    process, over a plain diffusers FluxPipeline call on the same demo weights with the same
+    arguments, and over Gradio's floor: the same request to an endpoint of the same shape that
+    does no work (bench/gradio_floor.py, also its own process). Interleaved, medians of
+    `repeats`; the served image checked against the plain one pixel for pixel."""
     import numpy as np
     from diffusers import FluxPipeline
     from gradio_client import Client
 
+    from bench.launched import free_port, launched
     from pipelines.demo_family.family import build_tiny_family, default_root
     from pipelines.models.sources import pick_placement
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import running_server
 
     pipe = FluxPipeline.from_pretrained(build_tiny_family(default_root())["dev"],
                                         torch_dtype=pick_placement().dtype).to(pick_placement().device)
     pipe.set_progress_bar_config(disable=True)
+    outputs = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    app_port, floor_port = free_port(), free_port()
+    app_command = ["app.py", "--demo", "--port", str(app_port), "--outputs-dir", str(outputs),
+                   "--lora-dir", str(outputs / "loras")]
     rows = {}
-    with running_server([], Path(tempfile.mkdtemp(prefix="bench-api-"))) as (_, _, url):
-        client = Client(url, verbose=False)
+    with launched(app_command, app_port) as app_url, \
+            launched(["-m", "bench.gradio_floor", "--port", str(floor_port)], floor_port) as floor_url:
+        app, floor = Client(app_url, verbose=False), Client(floor_url, verbose=False)
         for name, (size, steps, preview) in cases.items():
             def served():
-                return client.predict(prompt=PROMPT, image_size="custom", width=size, height=size,
-                                      num_inference_steps=steps, seed=1, live_preview=preview,
-                                      api_name="/text_to_image")
+                return app.predict(prompt=PROMPT, image_size="custom", width=size, height=size,
+                                   num_inference_steps=steps, seed=1, live_preview=preview,
+                                   api_name="/text_to_image")
 
+            def floor_request():
+                return floor.predict(size, size, steps, preview, api_name="/text_to_image")
+
+            floor_request()  # warm-up: its files are made on first use
             with Image.open(served()[0][0]["image"]) as image:  # warm-up, and the same pixels
                 same = np.array_equal(np.asarray(image.convert("RGB")), np.asarray(plain_diffusers_call(pipe, size, steps)))
-            direct, through_api = [], []
-            for repeat in range(repeats):  # interleaved, alternating which goes first
-                pair = [(direct, lambda: plain_diffusers_call(pipe, size, steps)), (through_api, served)]
-                for times, fn in pair if repeat % 2 == 0 else pair[::-1]:
-                    times.append(timed(fn))
-            row = {"size": size, "steps": steps, "live_preview": preview, "direct_s": statistics.median(direct),
-                   "api_s": statistics.median(through_api), "pixels_equal": same}
-            row.update(ratio=row["api_s"] / row["direct_s"], fixed_s=row["api_s"] - row["direct_s"])
+            times = {"direct": [], "api": [], "floor": []}
+            calls = {"direct": lambda: plain_diffusers_call(pipe, size, steps), "api": served, "floor": floor_request}
+            for repeat in range(repeats):  # interleaved, rotating which goes first
+                order = list(calls)[repeat % 3:] + list(calls)[:repeat % 3]
+                for key in order:
+                    times[key].append(timed(calls[key]))
+            row = {"size": size, "steps": steps, "live_preview": preview, "pixels_equal": same,
+                   **{f"{key}_s": statistics.median(values) for key, values in times.items()}}
+            row.update(ratio=row["api_s"] / row["direct_s"], fixed_s=row["api_s"] - row["direct_s"],
+                       own_s=row["api_s"] - row["direct_s"] - row["floor_s"])
             rows[name] = row
     first = next(iter(rows.values()))
     return {"cases": rows, "direct_s": first["direct_s"], "api_s": first["api_s"]}
@@ -185,6 +199,8 @@ def print_table(result: dict) -> None:
         print(f"{'plain diffusers ' + label:<38}{row['direct_s']:>10.3f}")
         print(f"{'via gradio_client ' + label:<38}{row['api_s']:>10.3f}{row['ratio']:>10.3f}"
               f"  fixed {row['fixed_s']:+.3f} s{'' if row['pixels_equal'] else '  PIXELS DIFFER'}")
+        print(f"{'gradio floor (no work) ' + label:<38}{row['floor_s']:>10.3f}"
+              f"{'':>10}  playground's own {row['own_s']:+.3f} s")
     print(f"resident bytes {result['resident_bytes']:,} · unique storage bytes {result['unique_resident_bytes']:,} · "
           f"loads {sorted(set(result['load_counts'].values()))}")
 

@@ -27,6 +27,10 @@ def test_benchmark_smoke_run_prints_a_table_and_writes_json(family, tmp_path):
     cases = result["api"]["cases"]
     assert set(cases) == {"256/2", "256/2:off"} and not cases["256/2:off"]["live_preview"]
     assert all(row["pixels_equal"] and row["direct_s"] > 0 and row["ratio"] > 0 for row in cases.values())
+    # Beside them Gradio's floor (an endpoint of the same shape doing no work), and what is left.
+    assert all(0 < row["floor_s"] < row["api_s"] for row in cases.values())
+    assert all(abs(row["own_s"] - (row["api_s"] - row["direct_s"] - row["floor_s"])) < 1e-9 for row in cases.values())
+    assert "gradio floor (no work)" in done.stdout
 
 
 def test_lora_switches_on_a_compiled_transformer_never_compile(family):

@@ -102,3 +102,14 @@ def test_waiting_jobs_see_their_queue_position_and_estimate(base_url):
     assert any(size and size >= 1 for _, size, _ in waiting)
     assert any(eta is not None and eta > 0 for _, _, eta in waiting), waiting[:5]
     assert all(result_images(job.result())[0].size == (1024, 1024) for job in jobs)
+
+
+def test_the_served_queue_polls_every_10_ms_and_still_runs_requests_at_once(served):
+    from ui.queue_gate import PROGRESS_POLL_SECONDS, QUEUE_POLL_SECONDS
+
+    client, _, _, server_app = served
+    blocks = next(route.app.get_blocks() for route in server_app.routes if hasattr(getattr(route, "app", None), "get_blocks"))
+    assert (blocks._queue.sleep_when_free, blocks._queue.progress_update_sleep_when_free) == (0.01, 0.05)
+    assert (QUEUE_POLL_SECONDS, PROGRESS_POLL_SECONDS) == (0.01, 0.05)
+    result = client.predict(prompt="a fox", **FAST, live_preview=False, api_name="/text_to_image")
+    assert result[2]["timings"]["queued_ms"] < 1000 and result_images(result)[0].size == (256, 256)
