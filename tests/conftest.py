@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As this machine's browser tests run it: no sandbox as root, no background network.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DESKTOP = {"width": 1400, "height": 1000}
+PHONE = {"width": 390, "height": 844}
 
 
 def start_app(args: list[str], family_root: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
@@ -215,3 +222,18 @@ def call(client, api_name: str, **kwargs):
     if "image" in kwargs and isinstance(kwargs["image"], str):
         kwargs["image"] = handle_file(kwargs["image"])
     return client.predict(api_name=api_name, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def page(base_url):
+    """The page in Chromium at a desktop's size, one browser per test module (tests/ui/page_driver.py)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=DESKTOP)
+        page.set_default_timeout(90_000)
+        page.goto(base_url)
+        page.get_by_role("heading", name="FLUX Playground").wait_for()
+        yield page
+        browser.close()

@@ -3,57 +3,11 @@ image, Kontext's result goes back as the next input, History restores parameters
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-from pathlib import Path
-
 import pytest
 from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, REPO
+from page_driver import FINAL_CAPTION, generate, open_tab, require_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As this machine's browser tests run it: no sandbox as root, no background network.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = REPO / "test-artifacts"
-FINAL_CAPTION = re.compile(r"tiny random weights\) · seed \d+$")
-
-if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
-    pytest.skip("Chromium is not installed (`apt-get install chromium`; .ci/run does it)", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def page(base_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(90_000)
-        page.goto(base_url)
-        page.get_by_role("heading", name="FLUX Playground").wait_for()
-        yield page
-        browser.close()
-
-
-def open_tab(page, title: str):
-    page.get_by_role("tab", name=title, exact=True).click()
-    return page.locator(".tabitem:visible")
-
-
-def generate(page, panel, name: str):
-    """Click Generate and wait for the new final image (previews say 'preview' in their caption)."""
-    seed_used = panel.get_by_label("Seed used")
-    before = seed_used.input_value()
-    panel.get_by_role("button", name="Generate").click()
-    page.wait_for_function("([el, old]) => el.value !== old && el.value !== ''", arg=[seed_used.element_handle(), before])
-    panel.get_by_text(FINAL_CAPTION).first.wait_for()
-    image = panel.locator("img").first
-    image.wait_for()
-    assert image.evaluate("img => img.complete && img.naturalWidth") > 0
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
-    return image
+require_chromium()
 
 
 @pytest.mark.parametrize("title, image, prompt", [
