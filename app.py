@@ -36,6 +36,7 @@ from ui import build_ui
 from ui.queue_gate import QueueGate, poll_queue_calmly
 
 log = logging.getLogger("flux_playground")
+PAGE_CSS = str(Path(__file__).resolve().parent / "ui" / "page.css")
 
 
 # --- start-up ---------------------------------------------------------------------------------
@@ -149,6 +150,8 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
         raise SystemExit(f"FLUX Playground: {PARAMETERS_FILE} has no [modes.{missing[0]}] entry; every mode of "
                          f"pipelines/modes/table.py needs one (missing: {', '.join(missing)})")
     manager, demo_reason = start_manager(args)
+    if demo_reason:
+        log.warning("Demo mode: %s. Results come from a tiny random-weight model and look like noise.", demo_reason)
     store = ResultStore(Path(args.outputs_dir), retention_seconds=args.retention_hours * 3600)
     store.start_sweeper()
     safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
@@ -174,7 +177,7 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     # Results are served by id; the history index (every prompt) is not served at all.
     app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(store.folder)],
                               blocked_paths=[str(store.index_path)], auth=logins(args.auth),
-                              max_file_size=max_bytes, enable_monitoring=args.monitoring)
+                              max_file_size=max_bytes, enable_monitoring=args.monitoring, css_paths=[PAGE_CSS])
     return app, playground
 
 

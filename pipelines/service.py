@@ -214,6 +214,9 @@ class Playground:
             **request_info(request), "model": model, "request_id": request_id, "has_nsfw_concepts": flags,
             "warnings": warnings, "timings": {"queued_ms": queued_ms, "executed_ms": executed_ms},
         }
+        if request.inputs:  # kept, and swept, like results: a restore brings them back
+            info["inputs"] = {name: self.store.save(encode_image(image, "png", 100), "png")
+                              for name, image in request.inputs.items()}
         stored = [
             self._store(image, request, image_info(info, seed), flagged)
             for image, seed, flagged in zip(images, request.seeds(), flags, strict=True)

@@ -26,7 +26,7 @@ def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
             tab = mode_tabs(playground, gate)
             lora_tab(playground)
             history_tab(playground, tab, tabs)
-        wire_restore_from_files(tab, tabs)
+        wire_restore_from_files(tab, tabs, playground.store)
         fill_variant_defaults(demo, tab)
         with gr.Accordion("Model status", open=False):
             status = gr.JSON(label="Pipeline manager")

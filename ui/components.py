@@ -126,9 +126,13 @@ def size_controls(mode: str, size_default: str) -> dict[str, gr.Component]:
 def results_column() -> tuple[gr.Gallery, gr.Number, gr.JSON]:
     # `format`: how Gradio encodes the live previews, which are images in memory (results are files
     # and pass as they are): JPEG costs about 1 ms a preview where Gradio's default WebP costs 20-30.
-    gallery = gr.Gallery(label="Results", columns=2, height="auto", object_fit="contain", interactive=False,
-                         format="jpeg")
-    seed_used = gr.Number(value=None, label="Seed used", precision=0, interactive=False)
+    # A fixed size, opened on the first image: previews replace each other in place and the
+    # final images land where they formed, captions shown, without the box changing height.
+    gallery = gr.Gallery(label="Results", columns=4, height=560, object_fit="contain", interactive=False,
+                         preview=True, format="jpeg", elem_classes=["results-gallery"])
+    # Empty until a result comes: a plain None shows as 0 at load, a None from a callable does not.
+    seed_used = gr.Number(value=lambda: None, label="Seed used", precision=0, interactive=False,
+                          placeholder="shown with the results", elem_classes=["seed-used"])
     with gr.Accordion("Parameters used", open=False):
         info = gr.JSON(label="Parameters and timings")
     return gallery, seed_used, info

@@ -21,10 +21,11 @@ from pipelines.errors import FieldError
 from pipelines.imaging.previews import preview_image, should_preview
 from pipelines.modes.request_types import GenerationRequest, ServerCapabilities
 from pipelines.modes.table import MODES, Mode
-from pipelines.service import GenerationError, Playground
+from pipelines.service import GenerationCancelled, GenerationError, Playground
 from presets import PRESETS
 from rest.arrival import arrival_time
 from ui.queue_gate import QueueGate
+from ui.results import Run, SessionRuns, progress_text
 
 SIZE_PARAMETERS = ("image_size", "width", "height")
 # Parameters every generating endpoint takes after its own, in this order; then `loras`
@@ -128,7 +129,8 @@ def caption(model: str, image) -> str:
     return f"{model} · seed {image.seed}{flagged}"
 
 
-def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | None = None) -> Callable:
+def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | None = None,
+                  runs: SessionRuns | None = None) -> Callable:
     """The named API endpoint for `mode`: a generator whose signature is the API's parameters.
 
     It yields (gallery, seed used, info): previews every few steps while denoising (with
@@ -153,7 +155,9 @@ def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | No
         missing = playground.missing_components(request)
         if missing:  # a mode's first request loads its weights: say so rather than sit still
             progress(0, desc=f"Loading {', '.join(missing)}")
-        yield from _results(playground, spec, request, arrival_time(http.request.scope if http else None), progress)
+        run = (runs or SessionRuns()).begin(SessionRuns.key(http, mode), request.num_images)
+        yield from _results(playground, spec, request, arrival_time(http.request.scope if http else None), progress,
+                            run)
 
     run.__name__ = run.__qualname__ = mode
     run.__doc__ = spec.description
@@ -162,29 +166,41 @@ def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | No
     return run
 
 
-def _results(playground: Playground, mode: Mode, request: GenerationRequest, received_at: float, progress):
-    """Run the request in a worker thread; yield its previews, then its result."""
+def _results(playground: Playground, mode: Mode, request: GenerationRequest, received_at: float, progress,
+             run: Run):
+    """Run the request in a worker thread; yield its previews, then its result. `run` follows
+    where it is, for the page's Stop and before/after."""
     extras = (gr.skip(),) if mode.returns_control_image else ()  # the control map comes at the end
     events: queue.Queue = queue.Queue()
-    cancel = threading.Event()
     worker = threading.Thread(target=_execute, daemon=True, name=f"{mode.name}-request",
-                              args=(playground, request, received_at, events, cancel))
+                              args=(playground, request, received_at, events, run.cancel))
     worker.start()
     reported = 0.0
     try:
         while (event := events.get())[0] != "done":
             _, image_index, step, steps, latents = event
+            run.image_index, run.step, run.steps = image_index, step, steps
             if time.monotonic() - reported >= PROGRESS_INTERVAL_SECONDS:
                 reported = time.monotonic()
-                progress((image_index * steps + step, request.num_images * steps), desc="Denoising", unit="steps")
+                progress((step, steps), desc=progress_text(image_index, request.num_images, step, steps), unit="steps")
             if request.live_preview and should_preview(step - 1, steps, PRESETS.preview_every_steps):
                 preview = preview_image(latents, request.height, request.width, PRESETS.preview_max_side)
-                label = f"preview · image {image_index + 1} of {request.num_images} · step {step}/{steps}"
+                label = f"preview · {progress_text(image_index, request.num_images, step, steps)}"
                 yield [(preview, label)], request.seed, {"preview": True, "image_index": image_index,
                                                          "step": step, "steps": steps}, *extras
+        outcome = event[1]
+        if not isinstance(outcome, GenerationError):
+            run.finished, run.first_result = True, str(outcome.images[0].file)
+            run.before = getattr(outcome.request, "image", None) if mode.compares_to_input else None
+        run.stopped = isinstance(outcome, GenerationCancelled)
+    except GeneratorExit:  # Gradio closed the stream: Stop, job.cancel() or a caller gone
+        run.stopped = True
+        raise
     finally:
-        cancel.set()  # no-op once finished; stops a generation whose caller went away
-    outcome = event[1]
+        run.cancel.set()  # no-op once finished; stops a generation whose caller went away
+        run.ended.set()
+    if isinstance(outcome, GenerationCancelled):
+        return  # stopped from the page, which shows where
     if isinstance(outcome, GenerationError):
         raise gr.Error(str(outcome), title=outcome.title)
     for warning in outcome.info["warnings"]:

@@ -18,7 +18,6 @@ from ui.components import (
     image_input,
     negative_prompt_controls,
     prompt_box,
-    results_column,
     settings_controls,
     slider,
 )
@@ -30,23 +29,26 @@ from ui.endpoints import (
     make_validator,
 )
 from ui.queue_gate import QueueGate
+from ui.results import SessionRuns, results_panel, wire_results
 
 # Every generating endpoint shares one accelerator: one request at a time across all tabs.
 ACCELERATOR = "accelerator"
 
 
-def wire(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mode: Mode, button: gr.Button,
-         controls: dict, outputs: list):
-    """Bind a tab's Generate button to its endpoint: one named API route per mode."""
+def wire(playground: Playground, gate: QueueGate, parsed: ParsedRequests, runs: SessionRuns, mode: Mode,
+         button: gr.Button, controls: dict, outputs: list, progress_on: gr.Component):
+    """Bind a tab's Generate button to its endpoint: one named API route per mode. Its progress
+    and queue position show on `progress_on`, never over the images."""
     names = endpoint_parameters(mode)
     return button.click(
-        make_endpoint(playground, mode.name, parsed), [controls[name] for name in names], outputs,
+        make_endpoint(playground, mode.name, parsed, runs), [controls[name] for name in names], outputs,
         api_name=mode.name, validator=make_validator(playground, mode.name, parsed, gate),
-        concurrency_id=ACCELERATOR, concurrency_limit=1,
+        concurrency_id=ACCELERATOR, concurrency_limit=1, show_progress_on=[progress_on],
     )
 
 
-def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mode: Mode) -> dict:
+def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, runs: SessionRuns,
+             mode: Mode) -> dict:
     """A mode's tab: its own inputs, the shared settings, results and examples."""
     variant = mode.variant({}, playground.fill)
     with gr.Tab(PRESETS.modes[mode.name].title, id=mode.name):
@@ -58,7 +60,8 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mo
                     stop = gr.Button("Stop", variant="stop", scale=1)
                 controls.update(settings_controls(mode.name, variant))
             with gr.Column(scale=6):
-                outputs = list(results_column())
+                results = results_panel(mode)
+                outputs = results.outputs
                 if mode.returns_control_image:
                     outputs.append(gr.Image(label="Control map used", interactive=False, height=300,
                                             elem_id="control-map"))
@@ -69,9 +72,8 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mo
             example_fields = list(examples[0])
             gr.Examples([[ex[k] for k in example_fields] for ex in examples],
                         [controls[k] for k in example_fields], label="Examples")
-        generation = wire(playground, gate, parsed, mode, button, controls, outputs)
-        # Stopping closes the endpoint's stream, which cancels the generation at its next step.
-        stop.click(None, None, None, cancels=[generation], api_visibility="private", queue=False)
+        generation = wire(playground, gate, parsed, runs, mode, button, controls, outputs, results.status)
+        wire_results(results, runs, mode, button, stop, generation)
         with gr.Accordion("Restore parameters from a saved image", open=False):
             saved = gr.File(label="Drop a PNG, JPEG or WebP saved by this playground", file_types=["image"],
                             elem_id=f"restore-{mode.name}")
@@ -82,8 +84,8 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mo
 
 def mode_tabs(playground: Playground, gate: QueueGate) -> dict[str, dict]:
     """Every mode's tab, in the order of the mode table."""
-    parsed = ParsedRequests()
-    return {name: mode_tab(playground, gate, parsed, mode) for name, mode in MODES.items()}
+    parsed, runs = ParsedRequests(), SessionRuns()
+    return {name: mode_tab(playground, gate, parsed, runs, mode) for name, mode in MODES.items()}
 
 
 # Sliders that apply to one value of a mode's variant field only (the Canny thresholds).

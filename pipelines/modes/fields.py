@@ -37,6 +37,9 @@ class FieldReader:
         self.match_input = match_input  # (width, height) of an input -> the output size that follows it
         self.errors: list[FieldError] = []
         self.warnings: list[str] = []
+        # The input images as the caller gave them (decoded, before any resizing or canvas), by
+        # field: stored with the results, so that restoring a result restores its inputs too.
+        self.inputs: dict[str, Image.Image] = {}
 
     def fail(self, field: str, message: str) -> None:
         self.errors.append(FieldError(field, message))
@@ -108,6 +111,8 @@ class FieldReader:
             self.fail(error.field, str(error))
             return None
         self.warnings.extend(warnings)
+        if value is self.raw.get(name):  # the whole field, not a part of an editor's value
+            self.inputs[name] = image
         return image
 
     def edited_image(self, name: str = "image") -> tuple[Image.Image | None, Image.Image | None]:
@@ -117,6 +122,8 @@ class FieldReader:
         if not is_editor_value(value):
             return self.image(name), None
         image = self.image(name, value=value.get("background") or value.get("composite") or "")
+        if image is not None:
+            self.inputs[name] = image
         layers = [layer for layer in value.get("layers") or [] if layer]
         masks = [self.image(name, as_mask=True, value=layer) for layer in layers]
         masks = [mask for mask in masks if mask is not None]
@@ -125,6 +132,7 @@ class FieldReader:
         painted = masks[0]
         for mask in masks[1:]:
             painted = ImageChops.lighter(painted, mask.resize(painted.size))
+        self.inputs["mask_image"] = painted  # an uploaded mask, read after this, replaces it
         return image, painted
 
     def flag(self, name: str) -> bool:

@@ -8,6 +8,7 @@ None values take the preset default, so callers may omit what they do not care a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from pipelines.errors import FieldError
@@ -41,4 +42,5 @@ def parse_request(mode: str, raw: Mapping[str, Any],
     spec.read_fields(fields, values)
     if fields.errors:
         raise FieldError.collect(fields.errors)
-    return spec.request_type(**values, mode=spec.name, warnings=tuple(fields.warnings))
+    return spec.request_type(**values, mode=spec.name, warnings=tuple(fields.warnings),
+                             inputs=MappingProxyType(fields.inputs))

@@ -38,6 +38,9 @@ class GenerationRequest:
     loras: tuple[tuple[str, float], ...] = field(default=(), kw_only=True)
     # What validation fixed on the way (an animated image's first frame used, ...).
     warnings: tuple[str, ...] = field(default=(), kw_only=True)
+    # The input images as given, by field ("image", "mask_image"), before resizing or a canvas:
+    # stored with the results so that a restore brings them back.
+    inputs: Mapping[str, Image.Image] = field(default_factory=dict, kw_only=True, repr=False, compare=False)
 
     def seeds(self) -> list[int]:
         """Image i of the request uses seed + i, so each image reproduces on its own."""

@@ -76,6 +76,7 @@ class Mode:
     # Applied to each generated image: inpainting keeps the input's pixels outside the mask.
     finish: Callable[[Any, Image.Image], Image.Image] | None = None
     chains_results: bool = False  # the page can send a result back as the next input (Kontext)
+    compares_to_input: bool = False  # the page shows the result against its input, before/after
 
     def route_for(self, fill: bool) -> Route:
         """The route with the models configured (`fill`: FLUX.1-Fill-dev is)."""
@@ -117,7 +118,7 @@ MODES: Mapping[str, Mode] = MappingProxyType({mode.name: mode for mode in (
         parameters=("image", "prompt", "strength"), required=("image", "prompt"),
         description="Transform an input image with a prompt (FLUX.1 [dev] image-to-image); strength sets how "
                     "much changes. By default the output has the input's size.",
-        route=Route(pipelines=("image_to_image",), models=("dev",)),
+        route=Route(pipelines=("image_to_image",), models=("dev",)), compares_to_input=True,
     ),
     Mode(
         "kontext_edit", KontextEditRequest, readers.read_kontext_edit, calls.kontext_edit_arguments,
@@ -125,7 +126,7 @@ MODES: Mapping[str, Mode] = MappingProxyType({mode.name: mode for mode in (
         description="Edit an image by instruction with FLUX.1 Kontext [dev]. By default the output has the "
                     "Kontext training resolution (about one megapixel) nearest the input's aspect.",
         route=Route(pipelines=("kontext_edit",), models=("kontext",), takes_loras=False),
-        match_input=kontext_size, chains_results=True,
+        match_input=kontext_size, chains_results=True, compares_to_input=True,
     ),
     Mode(
         "redux_variation", ReduxVariationRequest, readers.read_redux_variation, calls.redux_variation_arguments,
@@ -143,6 +144,7 @@ MODES: Mapping[str, Mode] = MappingProxyType({mode.name: mode for mode in (
                     "editor's value) with FLUX.1 [dev], or FLUX.1 Fill [dev] when the server has it. Pixels "
                     "outside the mask are returned unchanged.",
         route=Route(pipelines=("inpaint",), models=("dev",)), fill_route=FILL, finish=calls.keep_unmasked_pixels,
+        compares_to_input=True,
     ),
     Mode(
         "outpaint", OutpaintRequest, readers.read_outpaint, calls.inpaint_arguments,
@@ -151,7 +153,7 @@ MODES: Mapping[str, Mode] = MappingProxyType({mode.name: mode for mode in (
         description="Extend an image by the given pixels on each side, or to a target aspect ratio; the output "
                     "is the padded canvas (sides multiples of 16) with the input's pixels unchanged.",
         route=Route(pipelines=("inpaint",), models=("dev",)), fill_route=FILL, finish=calls.keep_unmasked_pixels,
-        sized=False,
+        sized=False, compares_to_input=True,
     ),
     Mode(
         "control", ControlRequest, readers.read_control, calls.control_arguments,
@@ -161,6 +163,6 @@ MODES: Mapping[str, Mode] = MappingProxyType({mode.name: mode for mode in (
                     "FLUX.1 Canny/Depth [dev] LoRAs on FLUX.1 [dev]. Also returns the control map used.",
         route=Route(pipelines=("control",), models=("dev",)),
         variant_field="control_type", control_field="control_type",
-        prepare=calls.with_control_map, prepare_components=calls.control_map_components,
+        prepare=calls.with_control_map, prepare_components=calls.control_map_components, compares_to_input=True,
     ),
 )})

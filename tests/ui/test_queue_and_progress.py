@@ -27,12 +27,14 @@ def test_progress_reports_denoising_steps(client):
     while not job.done():
         progress = job.status().progress_data
         if progress:
-            seen.append((progress[0].index, progress[0].length, progress[0].unit))
+            seen.append((progress[0].index, progress[0].length, progress[0].unit, progress[0].desc))
         time.sleep(0.02)
     job.result()
     assert seen, "no progress update was seen"
-    assert all(length == 40 and unit == "steps" for _, length, unit in seen), seen
-    assert len({index for index, _, _ in seen}) > 1
+    # Each image's own steps, and which image: "image 2 of 2 · step 13 of 20", not "33/40 steps".
+    assert all(length == 20 and unit == "steps" for _, length, unit, _ in seen), seen
+    assert all(desc == f"image {desc[6]} of 2 · step {index} of 20" for index, _, _, desc in seen), seen
+    assert len({index for index, _, _, _ in seen}) > 1
 
 
 def test_streaming_job_yields_previews_before_the_exact_final_image(client):

@@ -1,0 +1,132 @@
+"""A mode tab's results: a status line that carries the progress (so that nothing covers the
+images), the gallery at a fixed size, the seed, a before/after comparison in the image modes,
+the parameters; and what a run leaves behind when it is stopped."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import gradio as gr
+from PIL import Image
+
+from pipelines.modes.table import Mode
+from ui.components import results_column
+
+# How long Stop waits for the generation to end at its next step before it reports.
+STOP_WAIT_SECONDS = 5.0
+
+
+def progress_text(image_index: int, num_images: int, step: int, steps: int) -> str:
+    """"image 2 of 4 · step 13 of 50"; one image's progress needs no image count."""
+    where = f"step {step} of {steps}"
+    return f"image {image_index + 1} of {num_images} · {where}" if num_images > 1 else where
+
+
+@dataclass
+class Run:
+    """Where one page session's request in one tab is, while it runs and after."""
+
+    num_images: int
+    image_index: int = 0
+    step: int = 0
+    steps: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next step
+    ended: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False  # it produced its results
+    stopped: bool = False  # Stop (or a closed stream) ended it before its results
+    before: Image.Image | None = None  # the input as the pipeline took it, for the comparison
+    first_result: str | None = None
+
+    def stopped_text(self) -> str:
+        if not self.steps:
+            return "**Stopped** before the first step. Nothing was generated."
+        return f"**Stopped at {progress_text(self.image_index, self.num_images, self.step, self.steps)}.** " \
+               "Nothing was kept: generate again to start over."
+
+
+class SessionRuns:
+    """The latest run of each (page session, mode), for Stop's report and the comparison."""
+
+    def __init__(self, capacity: int = 512):
+        self.capacity = capacity
+        self._runs: dict[tuple, Run] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(http: gr.Request | None, mode: str) -> tuple:
+        return getattr(http, "session_hash", None), mode
+
+    def begin(self, key: tuple, num_images: int) -> Run:
+        run = Run(num_images=num_images)
+        with self._lock:
+            self._runs.pop(key, None)
+            self._runs[key] = run
+            while len(self._runs) > self.capacity:
+                self._runs.pop(next(iter(self._runs)))
+        return run
+
+    def latest(self, key: tuple) -> Run | None:
+        with self._lock:
+            return self._runs.get(key)
+
+
+@dataclass
+class ResultsPanel:
+    status: gr.Markdown
+    gallery: gr.Gallery
+    seed_used: gr.Number
+    info: gr.JSON
+    comparison: gr.ImageSlider | None
+
+    @property
+    def outputs(self) -> list:
+        """The endpoint's outputs, in the API's order."""
+        return [self.gallery, self.seed_used, self.info]
+
+
+def results_panel(mode: Mode) -> ResultsPanel:
+    """The results column's components, top to bottom."""
+    status = gr.Markdown("", elem_id=f"{mode.name}-status", elem_classes=["run-status"], min_height=64)
+    gallery, seed_used, info = results_column()
+    comparison = None
+    if mode.compares_to_input:
+        with gr.Accordion("Before and after", open=True, elem_id=f"{mode.name}-comparison"):
+            comparison = gr.ImageSlider(label="Input · result", type="pil", interactive=False, max_height=420,
+                                        buttons=["fullscreen"])
+    return ResultsPanel(status, gallery, seed_used, info, comparison)
+
+
+def wire_results(panel: ResultsPanel, runs: SessionRuns, mode: Mode, generate: gr.Button, stop: gr.Button,
+                 generation) -> None:
+    """Generate clears the last run's status; Stop cancels the run and says where it stopped,
+    leaving no preview or seed that could pass for a result; a finished run in an image mode
+    shows its input against its result."""
+    # In the browser: a round trip could land after a quick Stop's report and wipe it.
+    generate.click(None, None, panel.status, js="() => ''", api_visibility="private", queue=False)
+
+    def stopped(request: gr.Request):
+        run = runs.latest(SessionRuns.key(request, mode.name))
+        if run is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        # Stopped here too, not only by Gradio's cancel, which can close the endpoint only between
+        # two of its outputs; its next step ends it, and no late preview follows this update.
+        run.cancel.set()
+        run.ended.wait(STOP_WAIT_SECONDS)
+        if not run.stopped:
+            return gr.skip(), gr.skip(), gr.skip()  # it had finished (or failed): what is shown stays
+        return [], None, run.stopped_text()
+
+    stop.click(stopped, None, [panel.gallery, panel.seed_used, panel.status], cancels=[generation],
+               api_visibility="private", queue=False)
+    if panel.comparison is not None:
+        generate.click(None, None, panel.comparison, js="() => null", api_visibility="private", queue=False)
+
+        def before_after(request: gr.Request):
+            run = runs.latest(SessionRuns.key(request, mode.name))
+            if run is None or not run.finished or run.before is None or run.first_result is None:
+                return gr.skip()
+            after = Image.open(run.first_result)
+            return run.before.convert("RGB").resize(after.size, Image.Resampling.LANCZOS), after
+
+        generation.success(before_after, None, panel.comparison, api_visibility="private", queue=False)
