@@ -8,6 +8,7 @@ import gradio as gr
 from pipelines.service import Playground
 from ui.history import history_tab, wire_restore_from_files
 from ui.queue_gate import QueueGate
+from ui.results import clear_on_load
 from ui.tabs import fill_variant_defaults, lora_tab, mode_tabs
 
 
@@ -27,6 +28,7 @@ def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
             lora_tab(playground)
             history_tab(playground, tab, tabs)
         wire_restore_from_files(tab, tabs, playground.store)
+        clear_on_load(demo, [tab[mode]["results"] for mode in tab])
         fill_variant_defaults(demo, tab)
         with gr.Accordion("Model status", open=False):
             status = gr.JSON(label="Pipeline manager")

@@ -130,8 +130,8 @@ def results_column() -> tuple[gr.Gallery, gr.Number, gr.JSON]:
     # final images land where they formed, captions shown, without the box changing height.
     gallery = gr.Gallery(label="Results", columns=4, height=560, object_fit="contain", interactive=False,
                          preview=True, format="jpeg", elem_classes=["results-gallery"])
-    # Empty until a result comes: a plain None shows as 0 at load, a None from a callable does not.
-    seed_used = gr.Number(value=lambda: None, label="Seed used", precision=0, interactive=False,
+    # Empty until a result comes (Gradio shows a None value as 0 at first; see `clear_on_load`).
+    seed_used = gr.Number(value=None, label="Seed used", precision=0, interactive=False,
                           placeholder="shown with the results", elem_classes=["seed-used"])
     with gr.Accordion("Parameters used", open=False):
         info = gr.JSON(label="Parameters and timings")

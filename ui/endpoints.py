@@ -91,7 +91,7 @@ class ParsedRequests:
 
 
 def make_validator(playground: Playground, mode: str, parsed: ParsedRequests | None = None,
-                   gate: QueueGate | None = None) -> Callable:
+                   gate: QueueGate | None = None, runs: SessionRuns | None = None) -> Callable:
     """A gradio `validator=` for a mode's endpoint: it runs when the request is queued, before
     any accelerator time, marks each invalid field with a message naming its range, and turns
     requests away with a clear "busy" when too many are waiting. A valid request is kept in
@@ -113,6 +113,8 @@ def make_validator(playground: Playground, mode: str, parsed: ParsedRequests | N
             problems[names[0]] = BUSY
         if not problems and parsed is not None:
             parsed.keep(ParsedRequests.key(request, mode, list(values)), capabilities, parsed_request)
+        if not problems and runs is not None:
+            runs.queued(SessionRuns.key(request, mode))
         return [gr.validate(name not in problems, problems.get(name, "")) for name in names]
 
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -156,6 +158,11 @@ def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | No
         if missing:  # a mode's first request loads its weights: say so rather than sit still
             progress(0, desc=f"Loading {', '.join(missing)}")
         run = (runs or SessionRuns()).begin(SessionRuns.key(http, mode), request.num_images)
+        if run.cancel.is_set():  # stopped while it waited in the queue
+            run.stopped = True
+            run.ended.set()
+            yield [], None, run.stopped_info(), *((None,) if spec.returns_control_image else ())
+            return
         yield from _results(playground, spec, request, arrival_time(http.request.scope if http else None), progress,
                             run)
 
@@ -193,14 +200,12 @@ def _results(playground: Playground, mode: Mode, request: GenerationRequest, rec
             run.finished, run.first_result = True, str(outcome.images[0].file)
             run.before = getattr(outcome.request, "image", None) if mode.compares_to_input else None
         run.stopped = isinstance(outcome, GenerationCancelled)
-    except GeneratorExit:  # Gradio closed the stream: Stop, job.cancel() or a caller gone
-        run.stopped = True
-        raise
     finally:
         run.cancel.set()  # no-op once finished; stops a generation whose caller went away
         run.ended.set()
-    if isinstance(outcome, GenerationCancelled):
-        return  # stopped from the page, which shows where
+    if isinstance(outcome, GenerationCancelled):  # the page's Stop: nothing is kept
+        yield [], None, run.stopped_info(), *((None,) if mode.returns_control_image else ())
+        return
     if isinstance(outcome, GenerationError):
         raise gr.Error(str(outcome), title=outcome.title)
     for warning in outcome.info["warnings"]:

@@ -25,16 +25,17 @@ def progress_text(image_index: int, num_images: int, step: int, steps: int) -> s
 
 @dataclass
 class Run:
-    """Where one page session's request in one tab is, while it runs and after."""
+    """One page session's request in one tab, from the queue to its end."""
 
-    num_images: int
+    num_images: int = 1
+    started: bool = False
     image_index: int = 0
     step: int = 0
     steps: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next step
     ended: threading.Event = field(default_factory=threading.Event)
     finished: bool = False  # it produced its results
-    stopped: bool = False  # Stop (or a closed stream) ended it before its results
+    stopped: bool = False  # Stop ended it before its results
     before: Image.Image | None = None  # the input as the pipeline took it, for the comparison
     first_result: str | None = None
 
@@ -44,9 +45,14 @@ class Run:
         return f"**Stopped at {progress_text(self.image_index, self.num_images, self.step, self.steps)}.** " \
                "Nothing was kept: generate again to start over."
 
+    def stopped_info(self) -> dict:
+        """The info output of a stopped run, in place of a result's parameters."""
+        return {"stopped": True, "image_index": self.image_index, "step": self.step, "steps": self.steps}
+
 
 class SessionRuns:
-    """The latest run of each (page session, mode), for Stop's report and the comparison."""
+    """The latest run of each (page session, mode): queued by the validator, begun by the
+    endpoint, stopped by the tab's Stop, compared by before/after."""
 
     def __init__(self, capacity: int = 512):
         self.capacity = capacity
@@ -57,18 +63,30 @@ class SessionRuns:
     def key(http: gr.Request | None, mode: str) -> tuple:
         return getattr(http, "session_hash", None), mode
 
+    def queued(self, key: tuple) -> Run:
+        """A request admitted to the queue: Stop can reach it before it starts."""
+        return self._put(key, Run())
+
     def begin(self, key: tuple, num_images: int) -> Run:
-        run = Run(num_images=num_images)
+        """The run of a request that starts now: the one queued for it, if any."""
+        with self._lock:
+            run = self._runs.get(key)
+        if run is None or run.started or run.ended.is_set():
+            run = self._put(key, Run())
+        run.num_images, run.started = num_images, True
+        return run
+
+    def latest(self, key: tuple) -> Run | None:
+        with self._lock:
+            return self._runs.get(key)
+
+    def _put(self, key: tuple, run: Run) -> Run:
         with self._lock:
             self._runs.pop(key, None)
             self._runs[key] = run
             while len(self._runs) > self.capacity:
                 self._runs.pop(next(iter(self._runs)))
         return run
-
-    def latest(self, key: tuple) -> Run | None:
-        with self._lock:
-            return self._runs.get(key)
 
 
 @dataclass
@@ -99,26 +117,27 @@ def results_panel(mode: Mode) -> ResultsPanel:
 
 def wire_results(panel: ResultsPanel, runs: SessionRuns, mode: Mode, generate: gr.Button, stop: gr.Button,
                  generation) -> None:
-    """Generate clears the last run's status; Stop cancels the run and says where it stopped,
-    leaving no preview or seed that could pass for a result; a finished run in an image mode
-    shows its input against its result."""
+    """Generate clears the last run's status; Stop ends the run (queued or running) and says
+    where it stopped, while the endpoint's last output empties the results, so that no
+    preview or seed passes for a result; a finished run in an image mode shows its input
+    against its result."""
     # In the browser: a round trip could land after a quick Stop's report and wipe it.
     generate.click(None, None, panel.status, js="() => ''", api_visibility="private", queue=False)
 
     def stopped(request: gr.Request):
         run = runs.latest(SessionRuns.key(request, mode.name))
-        if run is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        # Stopped here too, not only by Gradio's cancel, which can close the endpoint only between
-        # two of its outputs; its next step ends it, and no late preview follows this update.
+        if run is None or run.ended.is_set():
+            return gr.skip()  # nothing is queued or running: what is shown stays
+        # Not Gradio's `cancels`: it closes the endpoint between two outputs, and its last output
+        # (a preview) could land after this. Stopped this way, the endpoint's last output is the
+        # empty result, at the next step, or at once when it starts.
         run.cancel.set()
+        if not run.started:
+            return "**Stopped** before it started. Nothing was generated."
         run.ended.wait(STOP_WAIT_SECONDS)
-        if not run.stopped:
-            return gr.skip(), gr.skip(), gr.skip()  # it had finished (or failed): what is shown stays
-        return [], None, run.stopped_text()
+        return run.stopped_text() if run.stopped else gr.skip()
 
-    stop.click(stopped, None, [panel.gallery, panel.seed_used, panel.status], cancels=[generation],
-               api_visibility="private", queue=False)
+    stop.click(stopped, None, panel.status, api_visibility="private", queue=False)
     if panel.comparison is not None:
         generate.click(None, None, panel.comparison, js="() => null", api_visibility="private", queue=False)
 
@@ -130,3 +149,11 @@ def wire_results(panel: ResultsPanel, runs: SessionRuns, mode: Mode, generate: g
             return run.before.convert("RGB").resize(after.size, Image.Resampling.LANCZOS), after
 
         generation.success(before_after, None, panel.comparison, api_visibility="private", queue=False)
+
+
+def clear_on_load(page: gr.Blocks, panels: list[ResultsPanel]) -> None:
+    """Empty "Seed used" boxes when the page loads: Gradio's Number shows its None value as 0
+    until something sets it (in the browser: no API route, no round trip)."""
+    seeds = [panel.seed_used for panel in panels]
+    page.load(None, None, seeds, js=f"() => [{', '.join(['null'] * len(seeds))}]", api_visibility="private",
+              queue=False)

@@ -42,7 +42,7 @@ def wire(playground: Playground, gate: QueueGate, parsed: ParsedRequests, runs: 
     names = endpoint_parameters(mode)
     return button.click(
         make_endpoint(playground, mode.name, parsed, runs), [controls[name] for name in names], outputs,
-        api_name=mode.name, validator=make_validator(playground, mode.name, parsed, gate),
+        api_name=mode.name, validator=make_validator(playground, mode.name, parsed, gate, runs),
         concurrency_id=ACCELERATOR, concurrency_limit=1, show_progress_on=[progress_on],
     )
 
@@ -79,7 +79,7 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, ru
                             elem_id=f"restore-{mode.name}")
         if mode.variant_field:
             follow_variant(mode, controls)
-    return {"controls": controls, "restore_from": saved}
+    return {"controls": controls, "restore_from": saved, "results": results}
 
 
 def mode_tabs(playground: Playground, gate: QueueGate) -> dict[str, dict]:

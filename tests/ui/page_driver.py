@@ -41,6 +41,6 @@ def generate(page, panel, name: str):
     panel.get_by_text(FINAL_CAPTION).first.wait_for()
     image = panel.locator("img").first
     image.wait_for()
-    assert image.evaluate("img => img.complete && img.naturalWidth") > 0
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
     screenshot(page, name)
     return image
