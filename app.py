@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="LoRAs that may be loaded at once (env FLUX_MAX_LORAS)")
     parser.add_argument("--max-lora-mb", type=float, default=float(env("FLUX_MAX_LORA_MB", "2048")),
                         help="largest LoRA file fetched from a URL (env FLUX_MAX_LORA_MB)")
+    parser.add_argument("--lora-time-limit", type=float, default=float(env("FLUX_LORA_TIME_LIMIT", "300")),
+                        help="seconds a LoRA's download, from a URL or the Hugging Face Hub, may take before it "
+                             "is stopped (env FLUX_LORA_TIME_LIMIT)")
     parser.add_argument("--lora-rank", type=positive_int, default=env("FLUX_LORA_RANK", str(PRESETS.loras.compiled_rank)),
                         help="with a compiled transformer (acceleration regular or high), the rank of the one "
                              "adapter a request's LoRAs are hot-swapped into: their ranks may add up to this "
@@ -159,7 +162,7 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     lora_sources = LoraSourcePolicy(
         folders=(Path(args.lora_dir), *demo_lora_folders(manager)),
         fetch=FetchPolicy(allow_private=args.allow_private_urls, max_bytes=int(args.max_lora_mb * 1024 * 1024),
-                          timeout_seconds=300))
+                          timeout_seconds=args.lora_time_limit))
     playground = Playground(manager, store, demo_reason, safety, max_waiting=args.max_queue,
                             time_limit_seconds=args.time_limit, lora_sources=lora_sources)
     app = FastAPI(title="FLUX Playground", description=__doc__, docs_url="/docs", redoc_url=None)

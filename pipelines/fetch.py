@@ -1,9 +1,10 @@
 """Fetching what users point at: URLs and data URIs (image inputs, LoRA files), with care.
 
 A URL is fetched only over http(s), only from public addresses (private, loopback,
-link-local and reserved ones are refused unless allowed), with a cap on size and time, and
-every refusal says why. The address checked is the one actually connected to, after each
-redirect, so a DNS answer that changes between lookup and connection cannot slip through.
+link-local and reserved ones are refused unless allowed), with a cap on its size and on the
+time the whole fetch takes, and every refusal says why. The address checked is the one
+actually connected to, after each redirect, so a DNS answer that changes between lookup and
+connection cannot slip through.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import binascii
 import ipaddress
 import re
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -30,8 +33,11 @@ class FetchPolicy:
 
     allow_private: bool = False
     max_bytes: int = 20 * 1024 * 1024
-    timeout_seconds: float = 15.0
+    timeout_seconds: float = 15.0  # for the whole fetch, redirects and a slowly trickling body included
 
+
+class FetchTimeout(FieldError):
+    """A fetch that took longer than its policy's `timeout_seconds`."""
 
 
 def is_public_address(address: str) -> bool:
@@ -78,34 +84,50 @@ def _check_peer(response: httpx.Response, url: str, field: str, policy: FetchPol
                                 "loopback or link-local address; such URLs are refused")
 
 
-def fetch_url(url: str, field: str, policy: FetchPolicy) -> bytes:
-    """The body of an http(s) URL, within the policy's limits."""
+def fetch_url(url: str, field: str, policy: FetchPolicy,
+              on_bytes: Callable[[int, int | None], None] | None = None) -> bytes:
+    """The body of an http(s) URL, within the policy's limits. `on_bytes(received, total)`
+    follows the download (total: the declared length, or None)."""
+    deadline = time.monotonic() + policy.timeout_seconds
     try:
-        with httpx.Client(timeout=policy.timeout_seconds, follow_redirects=False) as client:
+        with httpx.Client(follow_redirects=False) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 _check_host(url, field, policy)
-                with client.stream("GET", url) as response:
+                # Each wait (connecting, each read) may take what is left of the time at the request's
+                # start, and the body's arrival is checked against the deadline: at most about twice the
+                # time in all, however slowly the server sends.
+                with client.stream("GET", url, timeout=max(deadline - time.monotonic(), 0.001)) as response:
                     _check_peer(response, url, field, policy)
                     if response.is_redirect:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code != 200:
                         raise FieldError(field, f"{field}: fetching {url} returned HTTP {response.status_code}")
-                    return _read_capped(response, url, field, policy)
+                    return _read_capped(response, url, field, policy, deadline, on_bytes)
             raise FieldError(field, f"{field}: {url} redirected more than {MAX_REDIRECTS} times")
     except httpx.TimeoutException:
-        raise FieldError(field, f"{field}: fetching {url} took longer than {policy.timeout_seconds:g} s") from None
+        raise _too_long(url, field, policy) from None
     except httpx.HTTPError as error:
         raise FieldError(field, f"{field}: could not fetch {url} ({type(error).__name__}: {error})") from None
 
 
-def _read_capped(response: httpx.Response, url: str, field: str, policy: FetchPolicy) -> bytes:
+def _too_long(url: str, field: str, policy: FetchPolicy) -> FetchTimeout:
+    return FetchTimeout(field, f"{field}: fetching {url} took longer than {policy.timeout_seconds:g} s")
+
+
+def _read_capped(response: httpx.Response, url: str, field: str, policy: FetchPolicy, deadline: float,
+                 on_bytes: Callable[[int, int | None], None] | None) -> bytes:
     declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-        raise FieldError(field, f"{field}: {url} is {int(declared)} bytes; at most {policy.max_bytes} are accepted")
+    total = int(declared) if declared and declared.isdigit() else None
+    if total is not None and total > policy.max_bytes:
+        raise FieldError(field, f"{field}: {url} is {total} bytes; at most {policy.max_bytes} are accepted")
     body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
         if len(body) > policy.max_bytes:
             raise FieldError(field, f"{field}: {url} is larger than {policy.max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise _too_long(url, field, policy)
+        if on_bytes is not None:
+            on_bytes(len(body), total)
     return bytes(body)

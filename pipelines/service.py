@@ -17,16 +17,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from pipelines.errors import FieldError
 from pipelines.fetch import FetchPolicy
 from pipelines.imaging.images import MIME_TYPES, encode_image
-from pipelines.loras.adapters import lora_name
-from pipelines.loras.sources import LoraSourcePolicy, is_url, resolve_source
+from pipelines.loras.adapters import load_failure
+from pipelines.loras.hub import HubAccess, Report, quiet
+from pipelines.loras.sources import LoraSourcePolicy, default_name, fetch_lora, given_source
 from pipelines.models.acceleration import request_cache_kind
 from pipelines.models.manager import PipelineManager
 from pipelines.modes.fields import format_loras
@@ -173,28 +174,29 @@ class Playground:
         mode = MODES[request.mode]
         return self.manager.sources.label(mode.route_for(self.fill).models, mode.control(request))
 
-    def load_lora(self, source: str, name: str | None = None) -> dict[str, Any]:
+    def load_lora(self, source: str, name: str | None = None, report: Report = quiet) -> dict[str, Any]:
         """Load a user's LoRA (hub id, URL or a file in the LoRA folders) onto the dev
-        transformer; raises FieldError naming the field when it cannot."""
-        resolved = resolve_source(source, self.lora_sources)
-        if not name and is_url(source):  # named after the URL's file, not the download's hash
-            name = lora_name(urlsplit(source).path)
+        transformer, reporting each stage to `report`; raises FieldError saying what to do
+        when it cannot."""
+        loras, source = self.manager.loras, given_source(source)
+        name = loras.checked_name(name or None, default_name(source))
+        loras.check_room(name)  # before any download
+        access = HubAccess(self.manager.token, self.manager.local_files_only)
+        file = fetch_lora(source, self.lora_sources, access, report)
+        report(f"Loading {name} onto the FLUX.1 [dev] transformer", None)
         try:
-            lora = self.manager.load_lora(resolved, name or None)
-        except FieldError as error:
-            raise FieldError(error.field, f"{error.field}: {error}") from None
-        except (ValueError, OSError, RuntimeError) as error:  # not a LoRA, not for FLUX, not found…
+            lora = self.manager.load_lora(str(file), name)
+        except FieldError:
+            raise
+        except (ValueError, OSError, RuntimeError, SafetensorError) as error:  # diffusers: not for this transformer
             log.warning("LoRA %s could not be loaded: %s", source, error)
-            raise FieldError("source", f"source: {source} could not be loaded as a FLUX LoRA "
-                                       f"({type(error).__name__}: {error})") from None
+            demo = "; the demo's tiny model takes only LoRAs made for it, such as those in its LoRA folder"
+            raise FieldError("source", load_failure(error, file) + (demo if self.demo_reason else "")) from None
         lora.source = source
         return {"name": lora.name, **lora.status()}
 
     def unload_lora(self, name: str) -> None:
-        try:
-            self.manager.unload_lora(name)
-        except FieldError as error:
-            raise FieldError(error.field, f"{error.field}: {error}") from None
+        self.manager.unload_lora(name)
 
     def execute(
         self,

@@ -230,14 +230,20 @@ def _execute(playground: Playground, request, received_at: float, events: queue.
 
 
 def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
-    """The `/load_lora` and `/unload_lora` endpoints; each returns the loaded LoRAs."""
+    """The `/load_lora` and `/unload_lora` endpoints; each returns the loaded LoRAs, or raises
+    gr.Error saying what to do. Their type hints are their API's (`gr.api`)."""
 
     def load_lora(source: str, name: str | None = None) -> dict[str, Any]:
         """Load a LoRA onto the FLUX.1 [dev] transformer: a hub repository (user/repo or
         user/repo/file.safetensors), a URL to a .safetensors file, or a file in the server's
         LoRA folders. Requests apply it by name in their `loras` field ("name:weight")."""
+        progress = gr.Progress()  # finds the running event when called: for the page and API callers alike
+
+        def report(stage: str, fraction: float | None) -> None:
+            progress(fraction, desc=stage)
+
         try:
-            playground.load_lora(source, name)
+            playground.load_lora(source, name, report)
         except FieldError as error:
             raise gr.Error(str(error), title="LoRA not loaded") from None
         return playground.manager.loras.status()

@@ -220,19 +220,42 @@ def lora_tab(playground: Playground) -> None:
                                       "a .safetensors file, or a file in the server's LoRA folders.")
             name = gr.Textbox(label="Name (optional)", scale=1, info="Defaults to the file's name.")
         load = gr.Button("Load LoRA", variant="primary", elem_id="load-lora")
+        # What the last load or unload did, or why it could not and what to do; its progress shows here.
+        message = gr.Textbox(label="Message", interactive=False, elem_id="lora-message", max_lines=4,
+                             placeholder="Downloads, loading and what went wrong show here.")
         with gr.Row():
             # Unchecked: the choices change as LoRAs load; the manager says when a name is unknown.
             loaded_names = Dropdown(sorted(playground.manager.loras.names()), label="Loaded LoRA", scale=3)
             unload = gr.Button("Unload", scale=1)
         loaded = gr.JSON(label="Loaded LoRAs", value=playground.manager.loras.status(), elem_id="loaded-loras")
-    load_lora, unload_lora = make_lora_endpoints(playground)
+        load_lora, unload_lora = make_lora_endpoints(playground)
+        # The API is the endpoints themselves; the page's events (below) are private.
+        for endpoint in (load_lora, unload_lora):
+            gr.api(endpoint, api_name=endpoint.__name__, concurrency_id="loras", concurrency_limit=1)
 
-    def names():
-        return gr.Dropdown(choices=sorted(playground.manager.loras.names()), value=None)
+    def on_page(endpoint, done):
+        """The endpoint as the page runs it: the outcome in words; a failure leaves the list as it was
+        (gr.Error would mark the list itself as an error)."""
 
-    # Their own queue: a download must not hold up generation (the manager locks the accelerator
-    # only to apply the LoRA).
-    for button, endpoint, inputs, api_name in ((load, load_lora, [source, name], "load_lora"),
-                                               (unload, unload_lora, [loaded_names], "unload_lora")):
-        button.click(endpoint, inputs, loaded, api_name=api_name, concurrency_id="loras",
-                     concurrency_limit=1).success(names, None, loaded_names, api_visibility="private", queue=False)
+        def run(*values):
+            before = playground.manager.loras.names()
+            try:
+                status = endpoint(*values)
+            except gr.Error as error:
+                return gr.skip(), f"{error.title}: {error.message}", gr.skip()
+            names = sorted(playground.manager.loras.names())
+            return status, done(before, *values), gr.Dropdown(choices=names, value=None)
+
+        return run
+
+    def loaded_message(before, source, name) -> str:
+        added = ", ".join(sorted(playground.manager.loras.names() - before)) or name
+        return f"Loaded {added}: apply it by name in a tab's LoRAs field, e.g. {added}:0.8"
+
+    # Their own queue (shared with the API's): a download must not hold up generation (the
+    # manager locks the accelerator only to apply the LoRA).
+    for button, endpoint, inputs, done in (
+            (load, load_lora, [source, name], loaded_message),
+            (unload, unload_lora, [loaded_names], lambda before, name: f"Unloaded {name}.")):
+        button.click(on_page(endpoint, done), inputs, [loaded, message, loaded_names], api_visibility="private",
+                     concurrency_id="loras", concurrency_limit=1, show_progress_on=[message])

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pipelines.errors import FieldError
+from pipelines.loras import hub
 from pipelines.loras.slot import SLOT, LoraSlot, SlotError
 
 # PEFT keeps adapters in module dicts: names may not contain dots.
@@ -63,20 +64,23 @@ def resolve_lora_file(source: str, weight_name: str | None = None, local_files_o
         return path
     if path.is_dir():
         return single_safetensors(path, weight_name)
-    parts = source.strip("/").split("/")
-    if len(parts) < 2 or source.startswith((".", "/")):
-        raise ValueError(f"{source!r} is not a file, a folder or a hub repository (user/repo)")
-    from huggingface_hub import hf_hub_download, list_repo_files
+    return hub.download(source, weight_name, local_files_only, token)
 
-    repo = "/".join(parts[:2])
-    weight_name = weight_name or "/".join(parts[2:]) or None
-    if weight_name is None:
-        files = [f for f in list_repo_files(repo, token=token) if f.endswith(".safetensors")]
-        if len(files) != 1:
-            raise ValueError(f"{repo} holds {len(files)} .safetensors files ({', '.join(files) or 'none'}); "
-                             "name the one to load as user/repo/file.safetensors")
-        weight_name = files[0]
-    return Path(hf_hub_download(repo, weight_name, token=token, local_files_only=local_files_only))
+
+def has_lora_weights(file: Path) -> bool:
+    """Whether a safetensors file holds LoRA weights at all (diffusers' own test: a key with "lora")."""
+    with safe_open(str(file), framework="pt") as tensors:
+        return any("lora" in key for key in tensors.keys())
+
+
+def load_failure(error: Exception, file: Path) -> str:
+    """Why diffusers could not apply a LoRA file to the FLUX.1 [dev] transformer, in words."""
+    detail = " ".join(str(error).split())[:200] or type(error).__name__
+    if isinstance(error, RuntimeError) and "size mismatch" in str(error):
+        return (f"not a LoRA for this server's FLUX.1 [dev] transformer: the weights in {file.name} have other "
+                f"shapes than its layers; load a LoRA made for it ({detail})")
+    return (f"not a FLUX LoRA: {file.name} does not fit the FLUX.1 [dev] transformer (a LoRA for another model?); "
+            f"load a LoRA made for FLUX.1 [dev] ({detail})")
 
 
 def lora_rank(file: Path) -> int | None:
@@ -223,7 +227,7 @@ def activate_slot(pipe, state: AdapterState, weights: tuple[tuple[str, float], .
         try:
             state.slot.fill(transformer, weights)
         except SlotError as error:
-            raise FieldError("loras", f"loras: {error}") from None
+            raise FieldError("loras", str(error)) from None
         names.append(SLOT)
     if not names:
         if state.slot.created:

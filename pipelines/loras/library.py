@@ -65,14 +65,18 @@ class LoraLibrary:
         with torch.inference_mode(False):
             self._adapters.slot.create(transformer)
 
-    def load(self, pipe, name: str, source: str, file: Path, started: float) -> UserLora:
-        """Load the LoRA in `file` onto `pipe`'s transformer as adapter `name`, inactive until a
-        request names it."""
+    def check_room(self, name: str) -> None:
+        """FieldError unless a LoRA named `name` may be loaded now (checked again when it is)."""
         if name in self._loras:
             raise FieldError("name", f"a LoRA named {name!r} is loaded already; unload it or choose another name")
         if len(self._loras) >= self.max_loras:
             raise FieldError("source", f"{self.max_loras} LoRAs are loaded, the most this server keeps; "
                                        "unload one first")
+
+    def load(self, pipe, name: str, source: str, file: Path, started: float) -> UserLora:
+        """Load the LoRA in `file` onto `pipe`'s transformer as adapter `name`, inactive until a
+        request names it."""
+        self.check_room(name)
         lora = UserLora(name, source, file, adapters.lora_rank(file), file.stat().st_size, 0.0)
         try:
             with torch.inference_mode(False):
@@ -85,8 +89,9 @@ class LoraLibrary:
         return lora
 
     def unload(self, pipe, name: str) -> None:
-        if name not in self._loras:
-            raise FieldError("name", f"no LoRA named {name!r} is loaded (loaded: {', '.join(self._loras) or 'none'})")
+        if not name or name not in self._loras:
+            unknown = f"{name!r} is not loaded" if name else "name is required: which loaded LoRA to unload"
+            raise FieldError("name", f"{unknown} (loaded: {', '.join(self._loras) or 'none'})")
         del self._loras[name]
         adapters.drop_user_lora(pipe, self._adapters, name)
 

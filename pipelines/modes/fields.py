@@ -175,13 +175,16 @@ class FieldReader:
         if value in (None, "", []):
             return ()
         limits = PRESETS.loras
+        # Messages say what is wrong without naming the field: gradio_client, the page and the
+        # REST APIs each show the field's name beside them.
         try:
             pairs = parse_lora_list(value)
         except ValueError as error:
-            self.fail(name, f"{name}: {error}")
+            self.fail(name, str(error))
             return ()
         if loaded is None:
-            self.fail(name, f"{name} cannot be used here: LoRAs apply to the FLUX.1-dev transformer")
+            self.fail(name, "cannot be used here: LoRAs apply to the FLUX.1-dev transformer, which this request "
+                            "does not run on")
             return ()
         problems = []
         if len(pairs) > limits.max_per_request:
@@ -191,9 +194,7 @@ class FieldReader:
             problems.append("each LoRA may be named once")
         unknown = [lora for lora in names if lora not in loaded]
         if unknown:
-            loaded_names = ", ".join(sorted(loaded)) or "none yet"
-            problems.append(f"no LoRA named {', '.join(map(repr, unknown))} is loaded (loaded: {loaded_names}; "
-                            "load one with /load_lora)")
+            problems.append(not_loaded(unknown, loaded))
         total_rank = sum((ranks or {}).get(lora, 0) for lora in set(names))
         if rank_limit is not None and total_rank > rank_limit:
             problems.append(f"the ranks of {', '.join(map(repr, names))} add up to {total_rank}; on this server's "
@@ -203,9 +204,16 @@ class FieldReader:
                 problems.append(f"the weight of {lora!r} must be a number from {format_number(limits.min_weight)} "
                                 f"to {format_number(limits.max_weight)}, got {weight:g}")
         if problems:
-            self.fail(name, f"{name}: {'; '.join(problems)}")
+            self.fail(name, "; ".join(problems))
             return ()
         return tuple(pairs)
+
+
+def not_loaded(unknown: list[str], loaded: frozenset[str]) -> str:
+    """What to do about LoRA names that are not loaded, for a page user and an API caller alike."""
+    one = len(unknown) == 1
+    return (f"{', '.join(map(repr, unknown))} {'is' if one else 'are'} not loaded: load {'it' if one else 'them'} "
+            f"in the LoRAs tab or with /load_lora (loaded: {', '.join(sorted(loaded)) or 'none yet'})")
 
 
 def parse_lora_list(value: Any) -> list[tuple[str, float]]:

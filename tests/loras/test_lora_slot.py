@@ -62,7 +62,7 @@ def test_validation_names_the_rank_limit():
     with pytest.raises(FieldError) as raised:
         parse_request("text_to_image", {**request, "loras": "a:1, b:0.5"}, offer)
     message = str(raised.value)
-    assert "loras" in message and "add up to 72" in message and "rank 64 (--lora-rank)" in message
+    assert raised.value.field == "loras" and "add up to 72" in message and "rank 64 (--lora-rank)" in message
     # Without a compiled transformer there is no such limit.
     plain = ServerCapabilities(loras=frozenset({"a", "b"}), lora_ranks={"a": 40, "b": 32})
     assert len(parse_request("text_to_image", {**request, "loras": "a, b"}, plain).loras) == 2

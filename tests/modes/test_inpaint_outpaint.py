@@ -117,7 +117,7 @@ def test_with_fill_configured_inpainting_runs_flux_fill(family, tmp_path, photo)
         assert status["pipelines"]["fill"]["components"]["transformer"] == "fill_transformer"
         assert status["components"]["fill_transformer"]["load_count"] == 1
         # LoRAs are for the dev transformer; Fill refuses them by name.
-        with pytest.raises(Exception, match="loras cannot be used here"):
+        with pytest.raises(Exception, match="loras: cannot be used here"):
             inpaint(client, image={"background": handle_file(str(photo)), "layers": [], "composite": None},
                     mask_image=handle_file(str(tmp_path / "mask.png")), loras="anything:1")
 
