@@ -11,6 +11,7 @@ from pipelines.loras.sources import available_loras
 from pipelines.modes.table import MODES, Mode
 from pipelines.service import Playground
 from presets import EXAMPLES, PRESETS
+from ui.api_docs import document_inputs
 from ui.components import (
     Dropdown,
     ImageEditor,
@@ -69,6 +70,7 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, mo
             example_fields = list(examples[0])
             gr.Examples([[ex[k] for k in example_fields] for ex in examples],
                         [controls[k] for k in example_fields], label="Examples")
+        document_inputs(mode, variant, controls)
         generation = wire(playground, gate, parsed, mode, button, controls, outputs)
         # Stopping closes the endpoint's stream, which cancels the generation at its next step.
         stop.click(None, None, None, cancels=[generation], api_visibility="private", queue=False)
