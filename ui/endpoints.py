@@ -24,6 +24,7 @@ from pipelines.modes.table import MODES, Mode
 from pipelines.service import GenerationCancelled, GenerationError, Playground
 from presets import PRESETS
 from rest.arrival import arrival_time
+from ui.api_docs import endpoint_docstring
 from ui.queue_gate import QueueGate
 from ui.results import Run, SessionRuns, progress_text
 
@@ -167,7 +168,7 @@ def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | No
                             run)
 
     run.__name__ = run.__qualname__ = mode
-    run.__doc__ = spec.description
+    run.__doc__ = endpoint_docstring(spec, spec.variant({}, playground.fill), names)
     run.__signature__ = signature
     run.__annotations__ = {"request": gr.Request}
     return run

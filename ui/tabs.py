@@ -11,6 +11,7 @@ from pipelines.loras.sources import available_loras
 from pipelines.modes.table import MODES, Mode
 from pipelines.service import Playground
 from presets import EXAMPLES, PRESETS
+from ui.api_docs import document_inputs
 from ui.components import (
     Dropdown,
     ImageEditor,
@@ -72,6 +73,7 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, ru
             example_fields = list(examples[0])
             gr.Examples([[ex[k] for k in example_fields] for ex in examples],
                         [controls[k] for k in example_fields], label="Examples")
+        document_inputs(mode, variant, controls)
         generation = wire(playground, gate, parsed, runs, mode, button, controls, outputs, results.status)
         wire_results(results, runs, mode, button, stop, generation)
         with gr.Accordion("Restore parameters from a saved image", open=False):
