@@ -57,6 +57,12 @@ class Choice:
     label: str
     values: tuple[str, ...]
     default: str
+    info: str
+    value_labels: Mapping[str, str]  # the page's name of each value, where it differs
+
+    def options(self, values: tuple[str, ...] | None = None) -> tuple[tuple[str, str], ...]:
+        """(page label, value) pairs of `values` (all of them unless given), as Gradio's choices."""
+        return tuple((self.value_labels.get(value, value), value) for value in values or self.values)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class LoraLimits:
 @dataclass(frozen=True)
 class Presets:
     image_sizes: Mapping[str, tuple[int, int]]
+    image_size: Choice  # the page's size choice; its values are every mode's, its default is each mode's own
     size_min: int
     size_max: int
     size_multiple: int
@@ -96,6 +103,7 @@ class Presets:
     loras: LoraLimits
     max_prompt_chars: int
     modes: Mapping[str, ModeDefaults]
+    labels: Mapping[str, str]  # the page's names of the text, image and LoRA fields
     input_min_side: int
     input_max_pixels: int
     preview_every_steps: int
@@ -124,6 +132,15 @@ class Presets:
         extra = (MATCH_INPUT,) if mode != "text_to_image" else ()
         return extra + tuple(self.image_sizes) + (CUSTOM,)
 
+    def label(self, name: str, mode: str | None = None) -> str:
+        """A field's name in the page: the mode's label for it, else the field's own."""
+        if mode is not None and name in self.modes[mode].labels:
+            return self.modes[mode].labels[name]
+        for table in (self.fields, self.flags, self.choices, {"image_size": self.image_size}):
+            if name in table:
+                return table[name].label
+        return self.labels.get(name, name)
+
 
 def read_toml(path: Path) -> dict:
     """A parameter file's contents, or a ValueError saying which file (and variable) is wrong."""
@@ -150,10 +167,15 @@ def load_presets(path: Path = PARAMETERS_FILE) -> Presets:
         )
         for name, spec in data["modes"].items()
     }
-    choices = {name: Choice(name=name, label=spec["label"], values=tuple(spec["values"]), default=spec["default"])
-               for name, spec in data["choices"].items()}
+    choices = {name: read_choice(name, spec) for name, spec in data["choices"].items()}
+    image_sizes = MappingProxyType({k: tuple(v) for k, v in data["image_sizes"].items()})
+    size = data["image_size"]
+    size_labels = {value: f"{size['value_labels'].get(value, value)} · {width}×{height}"
+                   for value, (width, height) in image_sizes.items()}
     return Presets(
-        image_sizes=MappingProxyType({k: tuple(v) for k, v in data["image_sizes"].items()}),
+        image_sizes=image_sizes,
+        image_size=read_choice("image_size", {**size, "values": [MATCH_INPUT, *image_sizes, CUSTOM], "default": "",
+                                               "value_labels": {**size["value_labels"], **size_labels}}),
         size_min=data["custom_size"]["min"],
         size_max=data["custom_size"]["max"],
         size_multiple=data["custom_size"]["multiple_of"],
@@ -165,11 +187,17 @@ def load_presets(path: Path = PARAMETERS_FILE) -> Presets:
         loras=LoraLimits(**data["loras"]),
         max_prompt_chars=data["text"]["max_chars"],
         modes=MappingProxyType(modes),
+        labels=MappingProxyType(data["labels"]),
         input_min_side=data["input_image"]["min_side"],
         input_max_pixels=data["input_image"]["max_pixels"],
         preview_every_steps=data["previews"]["every_steps"],
         preview_max_side=data["previews"]["max_side"],
     )
+
+
+def read_choice(name: str, spec: dict) -> Choice:
+    return Choice(name=name, label=spec["label"], values=tuple(spec["values"]), default=spec["default"],
+                  info=spec.get("info", ""), value_labels=MappingProxyType(spec.get("value_labels", {})))
 
 
 def load_examples(path: Path = EXAMPLES_FILE) -> dict[str, list[dict[str, str]]]:

@@ -5,27 +5,32 @@ from __future__ import annotations
 import gradio as gr
 
 from pipelines.modes.table import MODES
-from presets import CUSTOM, PRESETS
+from presets import CUSTOM, PRESETS, Choice, format_number
 
-# Gradio's Slider, Number, Dropdown, Radio and Image check values in `preprocess` and refuse
-# bad API values with a message that names no field (and, before a validator, no message at
-# all). These subclasses hand values to the endpoint unchecked; the request validator checks
-# every one against presets/ and names the field and its range. `is_template` keeps each
-# parent's frontend component. (Gradio writes a stub `components.pyi` for them; it is ignored.)
+# Gradio's Number, Dropdown, Radio and Image check values in `preprocess` and refuse bad API
+# values with a message that names no field (and, before a validator, no message at all).
+# These subclasses hand values to the endpoint unchecked; the request validator checks every
+# one against presets/ and names the field and its range. `is_template` keeps each parent's
+# frontend component. (Gradio writes a stub `components.pyi` for them; it is ignored.)
 
 
 def _unchecked(self, payload):
     return payload
 
 
-class Slider(gr.Slider):
-    is_template = True
-    preprocess = _unchecked
-
-
 class Number(gr.Number):
+    """Numeric fields are number boxes, not sliders: Gradio's Slider clamps a typed value into
+    its range when its box loses focus (it has no option to keep it), so a typed 500 steps
+    would silently run 50. A number box sends what was typed; validation refuses it with the range."""
+
     is_template = True
     preprocess = _unchecked
+
+    def api_info(self) -> dict:
+        # The range in the API page, as Gradio's Slider gives it.
+        if self.minimum is None or self.maximum is None:
+            return super().api_info()
+        return {**super().api_info(), "description": f"numeric value between {self.minimum} and {self.maximum}"}
 
 
 class Dropdown(gr.Dropdown):
@@ -62,44 +67,52 @@ class ImageEditor(gr.ImageEditor):
                 "composite": payload.composite.path if payload.composite else None}
 
 
-def slider(name: str, mode: str | None = None, variant: str | None = None, **options) -> gr.Slider:
-    """A slider with the field's range and default (the mode's and variant's, where they differ)."""
+def number_input(name: str, mode: str | None = None, variant: str | None = None, **options) -> Number:
+    """A number box with the field's range (in its help text) and default (the mode's and
+    variant's, where they differ)."""
     spec = PRESETS.field(name, mode)
-    return Slider(spec.min, spec.max, value=PRESETS.default(name, mode, variant), step=spec.step,
-                  label=spec.label, info=spec.info or None, **options)
+    span = f"{format_number(spec.min)} to {format_number(spec.max)}"
+    return Number(value=PRESETS.default(name, mode, variant), minimum=spec.min, maximum=spec.max, step=spec.step,
+                  precision=0 if spec.kind == "int" else None, label=PRESETS.label(name, mode),
+                  info=f"{spec.info} ({span})" if spec.info else f"From {span}", **options)
+
+
+def choice_input(choice: Choice, values: tuple[str, ...] | None = None, **options) -> gr.Component:
+    """Radio buttons for a few values, else a dropdown: each value under its page label, while
+    the API takes the value itself."""
+    choices = choice.options(values)
+    component = Radio if len(choices) <= 3 else Dropdown
+    return component(list(choices), **{"value": choice.default, "label": choice.label, "info": choice.info or None,
+                                       **options})
 
 
 def settings_controls(mode: str, variant: str | None = None) -> dict[str, gr.Component]:
-    """The controls every mode shares, with ranges and defaults from presets/."""
+    """The controls every mode shares, with ranges and defaults from presets/; folded away, so
+    that a tab opens on its own inputs and examples."""
     size_default = PRESETS.modes[mode].image_size
     controls: dict[str, gr.Component] = {}
-    with gr.Accordion("Settings", open=True):
+    with gr.Accordion("Settings", open=False):
         if MODES[mode].sized:
             controls.update(size_controls(mode, size_default))
         else:
-            controls["num_images"] = slider("num_images", mode, variant)
+            controls["num_images"] = number_input("num_images", mode, variant)
         with gr.Row():
-            controls["num_inference_steps"] = slider("num_inference_steps", mode, variant)
-            controls["guidance_scale"] = slider("guidance_scale", mode, variant)
+            controls["num_inference_steps"] = number_input("num_inference_steps", mode, variant)
+            controls["guidance_scale"] = number_input("guidance_scale", mode, variant)
         seed = PRESETS.field("seed")
         with gr.Row():
             controls["seed"] = Number(value=PRESETS.default("seed", mode, variant), precision=0, label=seed.label,
                                       info=seed.info)
-            controls["output_format"] = Radio(list(PRESETS.output_formats),
-                                              value=PRESETS.default_output_format, label="Output format")
-        controls["output_quality"] = slider("output_quality", mode, variant)
+            controls["output_format"] = choice_input(PRESETS.choices["output_format"])
+        controls["output_quality"] = number_input("output_quality", mode, variant)
         with gr.Row():
             for name in ("enable_safety_checker", "live_preview"):
                 flag = PRESETS.flags[name]
                 controls[name] = gr.Checkbox(value=flag.default, label=flag.label, info=flag.info)
-        cache = PRESETS.choices["step_cache"]
-        controls["step_cache"] = Dropdown(list(cache.values), value=cache.default, label=cache.label,
-                                          info="auto: the server's acceleration profile decides (off unless it "
-                                               "is high). Caching skips transformer work on steps that change "
-                                               "little: faster, slightly different.")
+        controls["step_cache"] = choice_input(PRESETS.choices["step_cache"])
         if MODES[mode].route.takes_loras:
             controls["loras"] = gr.Textbox(
-                label="LoRAs", placeholder="name:weight, name2:weight", max_lines=1,
+                label=PRESETS.label("loras"), placeholder="name:weight, name2:weight", max_lines=1,
                 info="Loaded LoRAs to apply, by name (see the LoRAs tab), each with a weight (default 1).",
                 elem_classes=["loras-field"])
     return controls
@@ -108,14 +121,11 @@ def settings_controls(mode: str, variant: str | None = None) -> dict[str, gr.Com
 def size_controls(mode: str, size_default: str) -> dict[str, gr.Component]:
     controls: dict[str, gr.Component] = {}
     with gr.Row():
-        controls["image_size"] = Dropdown(
-            list(PRESETS.size_choices(mode)), value=size_default, label="Image size",
-            info="A preset, match_input (follow the input image) or custom.",
-        )
-        controls["num_images"] = slider("num_images", mode)
+        controls["image_size"] = choice_input(PRESETS.image_size, PRESETS.size_choices(mode), value=size_default)
+        controls["num_images"] = number_input("num_images", mode)
     with gr.Row(visible=size_default == CUSTOM) as custom_row:
-        controls["width"] = slider("width")
-        controls["height"] = slider("height")
+        controls["width"] = number_input("width")
+        controls["height"] = number_input("height")
     controls["image_size"].change(
         lambda choice: gr.Row(visible=choice == CUSTOM), controls["image_size"], custom_row,
         api_visibility="private", queue=False,
@@ -142,13 +152,14 @@ def image_input(label: str, **options) -> gr.Image:
     return Image(label=label, type="filepath", sources=["upload", "clipboard"], **{"height": 360, **options})
 
 
-def prompt_box(label="Prompt", placeholder="Describe the image", lines=3) -> gr.Textbox:
+def prompt_box(label: str, placeholder="Describe the image", lines=3) -> gr.Textbox:
     return gr.Textbox(label=label, placeholder=placeholder, lines=lines, max_lines=8)
 
 
 def negative_prompt_controls() -> dict[str, gr.Component]:
     with gr.Accordion("Negative prompt (true CFG)", open=False):
         return {
-            "negative_prompt": gr.Textbox(label="Negative prompt", lines=1, info="Used when true CFG scale is above 1."),
-            "true_cfg_scale": slider("true_cfg_scale"),
+            "negative_prompt": gr.Textbox(label=PRESETS.label("negative_prompt"), lines=1,
+                                          info="Used when true CFG scale is above 1."),
+            "true_cfg_scale": number_input("true_cfg_scale"),
         }

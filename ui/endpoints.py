@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import queue
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -91,32 +92,69 @@ class ParsedRequests:
         return request if parsed_under == capabilities else None
 
 
+def from_the_page(request: gr.Request | None) -> bool:
+    """Whether the page sent the request: its client says so in this header, where gradio_client
+    and Gradio's JavaScript client send "api"."""
+    return request is not None and request.headers.get("x-gradio-user") == "app"
+
+
+def after_field(field: str, message: str) -> str | None:
+    """What follows the field's name where a message starts with it (" must be …", ": …"), else None."""
+    rest = message.removeprefix(field)
+    return rest if rest != message and rest[:1] in (" ", ":") else None
+
+
+def api_words(field: str, message: str) -> str:
+    """A problem as API clients get it: after its field's name (gradio_client lists problems as
+    `- field: message`), so without that name in front; other fields keep their API names."""
+    rest = after_field(field, message)
+    return message if rest is None else rest.lstrip(": ")
+
+
+def page_words(field: str, message: str, labels: dict[str, str]) -> str:
+    """A problem as the page shows it next to its control: a sentence naming fields by their
+    labels (the problem's own field where it leads the message; other fields' API names, which
+    have underscores, wherever they appear; plain words like "image" stay words)."""
+    rest = after_field(field, message)
+    if rest is not None:
+        message = labels.get(field, field) + rest
+    named = [name for name in labels if "_" in name]
+    if named:
+        message = re.sub(rf"\b({'|'.join(named)})\b", lambda match: labels[match.group(1)], message)
+    return message[:1].upper() + message[1:] + ("" if message.endswith((".", "?", "!")) else ".")
+
+
 def make_validator(playground: Playground, mode: str, parsed: ParsedRequests | None = None,
                    gate: QueueGate | None = None, runs: SessionRuns | None = None) -> Callable:
     """A gradio `validator=` for a mode's endpoint: it runs when the request is queued, before
     any accelerator time, marks each invalid field with a message naming its range, and turns
     requests away with a clear "busy" when too many are waiting. A valid request is kept in
-    `parsed` for the endpoint."""
+    `parsed` for the endpoint. The page gets each message in its own words (`page_words`), API
+    clients in the API's (`api_words`)."""
     names = list(endpoint_parameters(MODES[mode]))
+    labels = {name: PRESETS.label(name, mode) for name in names}
 
     def validate(*values_and_request):
         # gradio passes the inputs, then the HTTP request where the signature names it.
         values, request = values_and_request[:len(names)], (values_and_request[len(names):] or (None,))[0]
-        problems: dict[str, str] = {}
+        on_page = from_the_page(request)
+        words = (lambda field, message: page_words(field, message, labels)) if on_page else api_words
+        problems: dict[str, list[str]] = {}
         capabilities = playground.capabilities()
         try:
             parsed_request = playground.parse(mode, dict(zip(names, values, strict=True)), capabilities)
         except FieldError as error:
             for problem in error.problems:
-                problems[problem.field] = "; ".join(filter(None, [problems.get(problem.field), problem.message]))
+                problems.setdefault(problem.field, []).append(words(problem.field, problem.message))
         if not problems and gate is not None and not gate.admit():
             # Shown on the first input, since it concerns none in particular.
-            problems[names[0]] = BUSY
+            problems[names[0]] = [BUSY]
         if not problems and parsed is not None:
             parsed.keep(ParsedRequests.key(request, mode, list(values)), capabilities, parsed_request)
         if not problems and runs is not None:
             runs.queued(SessionRuns.key(request, mode))
-        return [gr.validate(name not in problems, problems.get(name, "")) for name in names]
+        separator = " " if on_page else "; "
+        return [gr.validate(name not in problems, separator.join(problems.get(name, []))) for name in names]
 
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
     validate.__signature__ = inspect.Signature(

@@ -15,12 +15,12 @@ from ui.api_docs import document_inputs
 from ui.components import (
     Dropdown,
     ImageEditor,
-    Radio,
+    choice_input,
     image_input,
     negative_prompt_controls,
+    number_input,
     prompt_box,
     settings_controls,
-    slider,
 )
 from ui.endpoints import (
     ParsedRequests,
@@ -68,11 +68,6 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, ru
                                             elem_id="control-map"))
                 if mode.chains_results:
                     add_iterative_editing(controls, outputs)
-        examples = EXAMPLES.get(mode.name, [])
-        if examples:
-            example_fields = list(examples[0])
-            gr.Examples([[ex[k] for k in example_fields] for ex in examples],
-                        [controls[k] for k in example_fields], label="Examples")
         document_inputs(mode, variant, controls)
         generation = wire(playground, gate, parsed, runs, mode, button, controls, outputs, results.status)
         wire_results(results, runs, mode, button, stop, generation)
@@ -81,6 +76,8 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, ru
                             elem_id=f"restore-{mode.name}")
         if mode.variant_field:
             follow_variant(mode, controls)
+        if "aspect_ratio" in controls:
+            grow_one_way(controls)
     return {"controls": controls, "restore_from": saved, "results": results}
 
 
@@ -90,61 +87,81 @@ def mode_tabs(playground: Playground, gate: QueueGate) -> dict[str, dict]:
     return {name: mode_tab(playground, gate, parsed, runs, mode) for name, mode in MODES.items()}
 
 
-# Sliders that apply to one value of a mode's variant field only (the Canny thresholds).
+# Numbers that apply to one value of a mode's variant field only (the Canny thresholds).
 SHOWN_FOR = {"canny_low_threshold": "canny", "canny_high_threshold": "canny"}
-CHOICE_INFO = {
-    "control_type": "Canny follows the edges; Depth follows near and far.",
-    "aspect_ratio": "Instead of pixels: grow the short side evenly to this aspect.",
-}
+# Outpainting grows the canvas by margins or to an aspect ratio, not both.
+MARGINS = ("expand_left", "expand_right", "expand_top", "expand_bottom")
+# The aspect ratio's default applies to a request without margins, so the API page must not send it
+# with every call: its control starts empty (no API default) and the page fills it in when it loads.
+FILLED_AT_LOAD = ("aspect_ratio",)
 
 
 def mode_inputs(mode: Mode, variant: str | None) -> dict[str, gr.Component]:
-    """A mode's own inputs, in the order of its parameters, each built for its field; runs of
-    sliders share a row."""
-    labels, placeholders = PRESETS.modes[mode.name].labels, PRESETS.modes[mode.name].placeholders
+    """A mode's own inputs, in the order of its parameters, each built for its field, and its
+    examples under the prompt; runs of numbers share rows, two to a row."""
     controls: dict[str, gr.Component] = {}
     names = [name for name in mode.parameters if name != "true_cfg_scale"]  # it joins the negative prompt
     for numeric, run in groupby(names, key=lambda name: name in PRESETS.fields):
         if not numeric:
             for name in run:
-                controls.update(field_input(mode, name, labels, placeholders))
+                controls.update(field_input(mode, name))
+                if name == "prompt":
+                    mode_examples(mode, controls)
             continue
-        with gr.Row():
-            for name in run:
-                shown = {"visible": SHOWN_FOR[name] == variant} if name in SHOWN_FOR else {}
-                controls[name] = slider(name, mode.name, variant, **shown)
+        run = list(run)
+        for pair in (run[start:start + 2] for start in range(0, len(run), 2)):
+            with gr.Row():
+                for name in pair:
+                    shown = {"visible": SHOWN_FOR[name] == variant} if name in SHOWN_FOR else {}
+                    controls[name] = number_input(name, mode.name, variant, **shown)
     return controls
 
 
-def field_input(mode: Mode, name: str, labels, placeholders) -> dict[str, gr.Component]:
+def mode_examples(mode: Mode, controls: dict) -> None:
+    """The mode's examples (presets/examples.toml): a click fills in their prompt and image."""
+    examples = EXAMPLES.get(mode.name, [])
+    if examples:
+        fields = list(examples[0])
+        gr.Examples([[example[name] for name in fields] for example in examples], [controls[name] for name in fields],
+                    label="Examples")
+
+
+def field_input(mode: Mode, name: str) -> dict[str, gr.Component]:
     """The control (or controls) of one non-numeric field."""
-    label = labels.get(name)
+    label, placeholder = PRESETS.label(name, mode.name), PRESETS.modes[mode.name].placeholders.get(name)
     if name == "prompt":
-        placeholder = placeholders.get(name)
-        return {name: prompt_box(label or "Prompt", placeholder or "Describe the image", 2 if placeholder else 3)}
+        return {name: prompt_box(label, placeholder or "Describe the image", 2 if placeholder else 3)}
     if name == "negative_prompt":
         return negative_prompt_controls()
     if name == "image" and "mask_image" in mode.parameters:  # the mask is painted on the image
         return {name: ImageEditor(
-            label=label or "Image: paint over what to change", type="filepath", sources=["upload", "clipboard"],
+            label=label, placeholder=placeholder, type="filepath", sources=["upload", "clipboard"],
             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=40), eraser=gr.Eraser(),
             layers=False, transforms=(), height=420, elem_id=f"{mode.name}-editor")}
     if name == "mask_image":
         with gr.Accordion("Or upload a mask", open=False):
-            return {name: image_input(label or "Mask: white is repainted (replaces the painted mask)", height=240)}
+            return {name: image_input(label, placeholder=placeholder, height=240)}
     if name == "image":
-        return {name: image_input(label or "Input image")}
+        return {name: image_input(label, placeholder=placeholder)}
     if name in PRESETS.flags:
         flag = PRESETS.flags[name]
         return {name: gr.Checkbox(value=flag.default, label=flag.label, info=flag.info)}
-    choice = PRESETS.choices[name]
-    component = Radio if len(choice.values) <= 3 else Dropdown
-    return {name: component(list(choice.values), value=choice.default, label=choice.label,
-                            info=CHOICE_INFO.get(name))}
+    return {name: choice_input(PRESETS.choices[name], **({"value": None} if name in FILLED_AT_LOAD else {}))}
+
+
+def grow_one_way(controls: dict) -> None:
+    """Typing a margin sets the aspect ratio to none; picking an aspect ratio clears the margins
+    (`input`: what the user does, not what a restore sets)."""
+    aspect, margins = controls["aspect_ratio"], [controls[name] for name in MARGINS]
+    for margin in margins:
+        margin.input(lambda value: "none" if value else gr.skip(), margin, aspect, api_visibility="private",
+                     queue=False)
+    aspect.input(lambda value: tuple(gr.skip() if value == "none" else 0 for _ in margins), aspect, margins,
+                 api_visibility="private", queue=False)
 
 
 # A variant's guidance and steps differ (control: Canny guidance 30, 50 steps; Depth 10, 30). Their
-# sliders start empty, so that the API page gives them no default and a caller who leaves them
+# boxes start empty, so that the API page gives them no default and a caller who leaves them
 # out gets the defaults of the variant asked for; the page fills them in when it loads and
 # whenever the variant changes.
 VARIANT_FIELDS = ("guidance_scale", "num_inference_steps")
@@ -158,7 +175,7 @@ def follow_variant(mode: Mode, controls: dict) -> None:
         controls[name].value = None
     kind = controls[mode.variant_field]
     shown = [name for name in mode.parameters if name in SHOWN_FOR]
-    kind.change(lambda value: tuple(gr.Slider(visible=SHOWN_FOR[name] == value) for name in shown), kind,
+    kind.change(lambda value: tuple(gr.update(visible=SHOWN_FOR[name] == value) for name in shown), kind,
                 [controls[name] for name in shown], api_visibility="private", queue=False)
     kind.input(lambda value: variant_defaults(mode, value), kind, [controls[name] for name in VARIANT_FIELDS],
                api_visibility="private", queue=False)
@@ -171,12 +188,17 @@ def variant_defaults(mode: Mode, value: str) -> tuple:
 
 
 def fill_variant_defaults(page: gr.Blocks, tabs: dict) -> None:
-    """Give the empty variant sliders of each tab the defaults of its variant when the page loads."""
+    """Give the controls that start empty their page's values when the page loads: the variant's
+    guidance and steps, and the choices of FILLED_AT_LOAD."""
     for name, mode in MODES.items():
+        controls = tabs[name]["controls"]
         if mode.variant_field:
-            controls = tabs[name]["controls"]
             page.load(lambda value, mode=mode: variant_defaults(mode, value), controls[mode.variant_field],
                       [controls[field] for field in VARIANT_FIELDS], api_visibility="private", queue=False)
+        for field in FILLED_AT_LOAD:
+            if field in controls:
+                page.load(lambda field=field: PRESETS.choices[field].default, None, controls[field],
+                          api_visibility="private", queue=False)
 
 
 def add_iterative_editing(controls: dict, outputs: list) -> None:

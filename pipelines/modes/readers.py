@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipelines.imaging.images import fit_size, size_at_area
 from pipelines.imaging.masks import ASPECT_RATIOS, outpaint_canvas, outpaint_layout
-from pipelines.modes.fields import FieldReader
+from pipelines.modes.fields import FieldReader, is_editor_value
 from presets import PRESETS
 
 # Redux and image-to-image outputs that follow the input are about this many pixels.
@@ -63,7 +63,11 @@ def read_inpaint(fields: FieldReader, values: dict) -> None:
     mask = uploaded if uploaded is not None else painted
     if image is None:
         return
-    if mask is None:
+    painted_on_image = uploaded is None and is_editor_value(fields.raw.get("image"))
+    if painted_on_image and (mask is None or mask.getextrema()[1] == 0):  # the page shows it next to the editor
+        fields.fail("image", "image has nothing painted on it: paint over what to change, or upload a mask_image "
+                             "(white is repainted)")
+    elif mask is None:
         fields.fail("mask_image", "mask_image is required: paint over what to change, or upload a mask "
                                   "(white where the image is repainted)")
     elif mask.getextrema()[1] == 0:
@@ -76,16 +80,20 @@ def read_inpaint(fields: FieldReader, values: dict) -> None:
 def read_outpaint(fields: FieldReader, values: dict) -> None:
     image = fields.image("image")
     margins = {side: fields.number(f"expand_{side}") for side in ("left", "right", "top", "bottom")}
-    aspect = fields.choice("aspect_ratio")
+    # The default aspect ratio grows an image no margin is given for; given margins replace it.
+    aspect = fields.choice("aspect_ratio") if fields.given("aspect_ratio") or not any(margins.values()) else "none"
     values.update({f"expand_{side}": value for side, value in margins.items()}, aspect_ratio=aspect)
     values["strength"], values["mask_blur"] = fields.number("strength"), fields.number("mask_blur")
     if None in margins.values():
         return
+    # Both are the aspect ratio's problems (the page shows them next to its control); API error lists
+    # put its name first, so the messages leave it out.
     if aspect != "none" and any(margins.values()):
-        fields.fail("aspect_ratio", "give either aspect_ratio or expand_left/right/top/bottom, not both")
+        fields.fail("aspect_ratio", "give either an aspect ratio or margins (expand_left, expand_right, expand_top, "
+                                    "expand_bottom), not both")
     elif aspect == "none" and not any(margins.values()):
-        fields.fail("expand_left", "choose where to extend the image: expand_left, expand_right, expand_top or "
-                                   "expand_bottom above 0, or a target aspect_ratio")
+        fields.fail("aspect_ratio", "choose where to extend the image: an aspect ratio other than none, or a margin "
+                                    "(expand_left, expand_right, expand_top or expand_bottom) above 0")
     elif image is not None:
         layout = outpaint_layout(image.size, (margins["left"], margins["top"], margins["right"], margins["bottom"]),
                                  ASPECT_RATIOS.get(aspect), PRESETS.size_min, PRESETS.size_max, PRESETS.size_multiple)

@@ -63,9 +63,9 @@ def test_a_ready_map_is_used_as_given(client, tmp_path):
 
 
 def test_control_checks_its_fields(client):
-    with pytest.raises(Exception, match="canny_low_threshold must not be above canny_high_threshold"):
+    with pytest.raises(Exception, match="canny_low_threshold: must not be above canny_high_threshold"):
         control(client, canny_low_threshold=200, canny_high_threshold=100)
-    with pytest.raises(Exception, match="control_type must be one of canny, depth; got 'pose'"):
+    with pytest.raises(Exception, match="control_type: must be one of canny, depth; got 'pose'"):
         control(client, control_type="pose")
 
 

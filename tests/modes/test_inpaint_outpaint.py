@@ -58,10 +58,11 @@ def test_a_painted_layer_is_the_mask_and_the_feather_stays_inside_it(client, pho
 
 
 def test_inpaint_without_a_mask_or_with_an_empty_one_names_the_mask(client, photo, tmp_path):
-    with pytest.raises(Exception, match="mask_image is required: paint over what to change"):
+    with pytest.raises(Exception, match="- image: has nothing painted on it: paint over what to change, or upload "
+                                        "a mask_image"):
         inpaint(client, image={"background": handle_file(str(photo)), "layers": [], "composite": None})
     square_mask(tmp_path / "empty.png", (0, 0, 0, 0))
-    with pytest.raises(Exception, match="mask_image is empty"):
+    with pytest.raises(Exception, match="mask_image: is empty"):
         inpaint(client, image={"background": handle_file(str(photo)), "layers": [], "composite": None},
                 mask_image=handle_file(str(tmp_path / "empty.png")))
 
@@ -91,12 +92,22 @@ def test_outpaint_sizes_are_multiples_of_16(client, tmp_path, size, options, exp
     assert out.size == expected and out.width % 16 == out.height % 16 == 0
 
 
+def test_outpaint_grows_to_16_9_unless_margins_are_given(client, photo):
+    """The default aspect ratio applies to a request without margins; margins given replace it."""
+    assert result_images(outpaint(client, photo))[0].size == (464, 256)
+    right = outpaint(client, photo, expand_right=64)
+    assert result_images(right)[0].size == (320, 256) and right[2]["aspect_ratio"] == "none"
+
+
 def test_outpaint_asks_for_one_way_to_extend(client, photo):
-    with pytest.raises(Exception, match="choose where to extend the image"):
-        outpaint(client, photo)
-    with pytest.raises(Exception, match="give either aspect_ratio or expand_left/right/top/bottom, not both"):
+    with pytest.raises(Exception, match="- aspect_ratio: choose where to extend the image: an aspect ratio other "
+                                        r"than none, or a margin \(expand_left, expand_right, expand_top or "
+                                        r"expand_bottom\) above 0"):
+        outpaint(client, photo, aspect_ratio="none")
+    with pytest.raises(Exception, match=r"- aspect_ratio: give either an aspect ratio or margins \(expand_left, "
+                                        r"expand_right, expand_top, expand_bottom\), not both"):
         outpaint(client, photo, expand_left=32, aspect_ratio="1:1")
-    with pytest.raises(Exception, match="expand_left must be an integer from 0 to 1024, got 5000"):
+    with pytest.raises(Exception, match="- expand_left: must be an integer from 0 to 1024, got 5000"):
         outpaint(client, photo, expand_left=5000)
 
 

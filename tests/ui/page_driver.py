@@ -27,6 +27,16 @@ def open_tab(page, title: str):
     return page.locator(".tabitem:visible")
 
 
+def open_settings(panel):
+    """Unfold a tab's Settings (folded when the page loads; their controls are drawn only when
+    open), unless they are open already."""
+    seed = panel.get_by_label("Seed", exact=True)
+    if not seed.count():
+        panel.get_by_text("Settings", exact=True).click()
+    seed.wait_for()
+    return panel
+
+
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, REPO
-from page_driver import FINAL_CAPTION, generate, open_tab, require_chromium
+from page_driver import (
+    FINAL_CAPTION,
+    generate,
+    open_settings,
+    open_tab,
+    require_chromium,
+)
 
 require_chromium()
 
@@ -66,6 +72,7 @@ def test_dropping_a_saved_image_on_a_tab_restores_its_parameters(page, client):
     panel.locator("#restore-kontext_edit input[type=file]").set_input_files(saved[0][0]["image"])
     instruction = panel.get_by_label("Instruction")
     page.wait_for_function("el => el.value === 'a saved kontext instruction'", arg=instruction.element_handle())
+    open_settings(panel)
     assert panel.get_by_label("Seed", exact=True).input_value() == "77"
     assert panel.get_by_label("Steps").first.input_value() == "3"
 
@@ -84,15 +91,15 @@ def test_inpaint_paints_a_mask_in_the_editor_and_keeps_the_rest(page):
         page.mouse.move(x + step * 8, y + step * 4)
     page.mouse.up()
     panel.get_by_label("Prompt").first.fill("a red balloon")
-    panel.get_by_label("Steps").first.fill("4")
+    open_settings(panel).get_by_label("Steps").first.fill("4")
     generate(page, panel, "inpaint")
 
 
 def test_control_type_brings_its_defaults_and_the_map_is_shown(page):
-    panel = open_tab(page, "Control")
+    panel = open_settings(open_tab(page, "Control"))
     guidance = panel.get_by_label("Guidance scale").first
     page.wait_for_function("el => el.value === '30'", arg=guidance.element_handle())  # Canny's, filled at load
-    panel.get_by_label("depth").check()
+    panel.get_by_label("Depth", exact=True).check()
     page.wait_for_function("el => el.value === '10'", arg=guidance.element_handle())
     assert panel.get_by_label("Steps").first.input_value() == "30"
     panel.locator("input[type=file]").first.set_input_files(str(REPO / EXAMPLE_LAKE))
@@ -115,7 +122,7 @@ def test_a_lora_loaded_in_its_tab_applies_by_name(page, client):
     try:
         panel = open_tab(page, "Text-to-Image")
         panel.get_by_label("Prompt").first.fill("a lighthouse in tiny style")
-        panel.get_by_label("LoRAs").fill("tiny-style-lora:0.8")
+        open_settings(panel).get_by_label("LoRAs").fill("tiny-style-lora:0.8")
         panel.get_by_label("Seed", exact=True).fill("-1")  # a restore earlier may have fixed it: see a new one
         generate(page, panel, "lora")
         panel.locator("button", has_text="Parameters used").click()
@@ -131,8 +138,8 @@ def test_outpaint_extends_the_image(page):
     panel.locator("input[type=file]").first.set_input_files(str(REPO / EXAMPLE_LAKE))
     panel.locator("img").first.wait_for()
     panel.get_by_label("Prompt").first.fill("a wide mountain panorama")
-    panel.get_by_label("Right").first.fill("256")
-    panel.get_by_label("Steps").first.fill("3")
+    panel.get_by_label("Right").first.fill("256")  # which sets the aspect ratio to none
+    open_settings(panel).get_by_label("Steps").first.fill("3")
     generate(page, panel, "outpaint")
     # 768x512 grown by 256 px on the right: the result shown is the 1024x512 canvas.
     page.wait_for_function("panel => [...panel.querySelectorAll('img')].some("
@@ -149,12 +156,13 @@ def test_restoring_a_control_result_keeps_its_guidance_and_steps(page, client):
     saved = call(client, "/control", image=EXAMPLE_LAKE, prompt="a restored depth castle", control_type="depth",
                  guidance_scale=12, num_inference_steps=3, image_size="custom", width=256, height=256, seed=5)
     panel = open_tab(page, "Control")
-    panel.get_by_role("radio", name="canny").check()  # another type than the saved one: the restore changes it
+    panel.get_by_role("radio", name="Canny edges").check()  # another type than the saved one: the restore changes it
     panel.get_by_text("Restore parameters from a saved image").click()
     panel.locator("#restore-control input[type=file]").set_input_files(saved[0][0]["image"])
     prompt = panel.get_by_label("Prompt").first
     page.wait_for_function("el => el.value === 'a restored depth castle'", arg=prompt.element_handle())
     page.wait_for_timeout(1000)  # a change event that followed the restore would have run by now
-    assert panel.get_by_role("radio", name="depth").is_checked()
+    assert panel.get_by_role("radio", name="Depth").is_checked()
+    open_settings(panel)
     assert panel.get_by_label("Guidance scale").first.input_value() == "12"
     assert panel.get_by_label("Steps").first.input_value() == "3"
