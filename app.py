@@ -153,8 +153,6 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
         raise SystemExit(f"FLUX Playground: {PARAMETERS_FILE} has no [modes.{missing[0]}] entry; every mode of "
                          f"pipelines/modes/table.py needs one (missing: {', '.join(missing)})")
     manager, demo_reason = start_manager(args)
-    if demo_reason:
-        log.warning("Demo mode: %s. Results come from a tiny random-weight model and look like noise.", demo_reason)
     store = ResultStore(Path(args.outputs_dir), retention_seconds=args.retention_hours * 3600)
     store.start_sweeper()
     safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,

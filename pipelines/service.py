@@ -111,6 +111,8 @@ def request_info(request: GenerationRequest) -> dict[str, Any]:
             info["input_image_size"] = list(value.size)
         elif item.name == "loras":
             info["loras"] = format_loras(value)
+        elif item.name == "inputs":
+            continue  # images: `execute` names them by the ids they are stored under
         elif not isinstance(value, Image.Image) and value is not None:  # masks and maps are not parameters
             info[item.name] = value
     info["seeds"] = request.seeds()

@@ -237,3 +237,17 @@ def page(base_url):
         page.get_by_role("heading", name="FLUX Playground").wait_for()
         yield page
         browser.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser test leaves a screenshot of the page in test-artifacts/failed-<test>.png."""
+    report = yield
+    page = item.funcargs.get("page") if report.failed and call.when == "call" else None
+    if page is not None:
+        (REPO / "test-artifacts").mkdir(exist_ok=True)
+        try:
+            page.screenshot(path=str(REPO / "test-artifacts" / f"failed-{item.name}.png"), full_page=True)
+        except Exception:  # the browser may be what failed
+            pass
+    return report

@@ -94,6 +94,8 @@ def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None
 def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile):
     options = {"acceleration": profile, "lora_rank": args.lora_rank}
     if args.demo:
+        log.warning("FLUX Playground is starting in DEMO mode (--demo): results come from a tiny "
+                    "random-weight model and look like noise")
         residency = pick_residency(placement, ModelSources(demo=True), args.residency)
         return demo_manager(placement, fill, max_loras, residency=residency, **options), "started with --demo"
     if placement.device.type == "cpu" and args.device == "auto":

@@ -30,6 +30,7 @@ def test_demo_flag_serves_the_page_without_gpu_or_network(family, family_root, t
         assert "Demo mode" in banner_text(config)
         labels = {c["props"].get("label") for c in config["components"]}
         assert {"Text-to-Image", "Image-to-Image", "Kontext Edit", "Redux"} <= labels
+        assert "DEMO mode (--demo)" in console(tmp_path)  # the console says so too, not only the page
     finally:
         stop(process)
 

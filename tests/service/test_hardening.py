@@ -210,3 +210,23 @@ def test_no_file_outside_the_outputs_is_served_and_monitoring_is_off(base_url):
 def test_a_tiny_png_round_trip(tmp_path):
     Image.new("RGB", (64, 64), "red").save(buffer := io.BytesIO(), format="PNG")
     assert Image.open(io.BytesIO(buffer.getvalue())).size == (64, 64)
+
+
+def test_a_requests_input_images_are_stored_with_its_results_and_named_in_its_parameters(playground):
+    """Inputs as given (before resizing or an outpaint canvas), kept and swept like results."""
+    from conftest import EXAMPLE_LAKE, REPO
+    from PIL import Image
+
+    from pipelines.modes.parsing import parse_request
+
+    request = parse_request("outpaint", {"image": str(REPO / EXAMPLE_LAKE), "prompt": "a wider lake",
+                                         "expand_right": 128, "num_inference_steps": 2})
+    result = playground.execute(request)
+    inputs = result.info["inputs"]
+    assert set(inputs) == {"image"}
+    with Image.open(playground.store.path(inputs["image"])) as stored, Image.open(REPO / EXAMPLE_LAKE) as given:
+        assert stored.size == given.size == (768, 512)  # the input, not the 896x512 canvas
+    entry = playground.store.history(limit=1)[0]
+    assert entry["parameters"]["inputs"] == inputs
+    text = parse_request("text_to_image", {"prompt": "no inputs", "num_inference_steps": 2})
+    assert "inputs" not in playground.execute(text).info

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, PHONE, REPO, call
-from page_driver import ARTIFACTS, FINAL_CAPTION, generate, open_tab, require_chromium
+from page_driver import ARTIFACTS, FINAL_CAPTION, generate, open_settings, open_tab, require_chromium
 
 from pipelines.modes.table import MODES
 from presets import PRESETS
@@ -28,7 +28,7 @@ def test_seed_used_is_empty_before_anything_has_run(page):
 
 
 def test_progress_reads_image_and_step_above_a_gallery_that_keeps_its_size(page):
-    panel = open_tab(page, "Text-to-Image")
+    panel = open_settings(open_tab(page, "Text-to-Image"))
     panel.get_by_label("Prompt").first.fill("a fox watching the progress")
     panel.get_by_label("Number of images").first.fill("2")
     panel.get_by_label("Steps").first.fill("16")
@@ -50,14 +50,29 @@ def test_progress_reads_image_and_step_above_a_gallery_that_keeps_its_size(page)
     panel.get_by_label("Number of images").first.fill("1")
 
 
+def test_a_waiting_request_shows_its_queue_position_on_the_status_line(page, client):
+    busy = client.submit(prompt="a request ahead in the queue", image_size="square_hd", num_inference_steps=40,
+                         live_preview=False, api_name="/text_to_image")
+    panel = open_settings(open_tab(page, "Text-to-Image"))
+    panel.get_by_label("Prompt").first.fill("a fox waiting its turn")
+    panel.get_by_label("Steps").first.fill("2")
+    seed_used = panel.get_by_label("Seed used")
+    before = seed_used.input_value()
+    panel.get_by_role("button", name="Generate").click()
+    panel.locator(".run-status").first.get_by_text(re.compile(r"queue: \d+/\d+")).wait_for()
+    busy.result()
+    # Its own result, not the one shown before it: a new seed.
+    page.wait_for_function("([el, old]) => el.value !== old && el.value !== ''", arg=[seed_used.element_handle(), before])
+
+
 def test_stop_ends_in_a_stopped_state_with_nothing_kept_and_the_next_request_runs(page):
-    panel = open_tab(page, "Text-to-Image")
+    panel = open_settings(open_tab(page, "Text-to-Image"))
     panel.get_by_label("Prompt").first.fill("a fox that is stopped")
     panel.get_by_label("Steps").first.fill("50")
     panel.get_by_role("button", name="Generate").click()
-    panel.locator(".results-gallery img[alt^='preview']").first.wait_for()  # it is under way
-    panel.get_by_role("button", name="Stop").click()
     status = panel.locator(".run-status").first
+    status.get_by_text(re.compile(r"step \d+ of 50")).wait_for()  # it is under way
+    panel.get_by_role("button", name="Stop").click()
     status.get_by_text(re.compile(r"Stopped at (image \d of \d · )?step \d+ of 50")).wait_for()
     assert panel.locator(".results-gallery img").count() == 0
     assert panel.get_by_label("Seed used").input_value() == ""
@@ -67,12 +82,15 @@ def test_stop_ends_in_a_stopped_state_with_nothing_kept_and_the_next_request_run
 
 
 def test_before_and_after_in_an_image_mode(page):
-    panel = open_tab(page, "Image-to-Image")
+    panel = open_settings(open_tab(page, "Image-to-Image"))
     panel.locator("input[type=file]").first.set_input_files(str(REPO / EXAMPLE_LAKE))
     panel.locator("img").first.wait_for()
     panel.get_by_label("Prompt").first.fill("a lake before and after")
     panel.get_by_label("Steps").first.fill("2")
     generate(page, panel, "before-after")
+    # A lone result shows its caption inside the fixed-size box, without a click.
+    box, caption = (panel.locator(".results-gallery" + part).first.bounding_box() for part in ("", " .caption-label"))
+    assert caption["y"] + caption["height"] <= box["y"] + box["height"] and caption["height"] > 0
     comparison = page.locator("#image_to_image-comparison img")
     page.wait_for_function("n => document.querySelectorAll('#image_to_image-comparison img').length >= n", arg=2)
     sizes = comparison.evaluate_all("imgs => imgs.map(i => [i.complete && i.naturalWidth, i.naturalHeight])")
@@ -85,7 +103,7 @@ def test_restore_with_nothing_selected_says_so_and_leaves_the_page_working(page)
     page.get_by_text(NOTHING_SELECTED).first.wait_for()
     page.wait_for_timeout(500)
     assert page.locator(ERROR_BADGE).count() == 0
-    panel = open_tab(page, "Text-to-Image")
+    panel = open_settings(open_tab(page, "Text-to-Image"))
     panel.get_by_label("Prompt").first.fill("a fox after an empty restore")
     panel.get_by_label("Steps").first.fill("2")
     generate(page, panel, "after-empty-restore")
