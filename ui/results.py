@@ -13,9 +13,6 @@ from PIL import Image
 from pipelines.modes.table import Mode
 from ui.components import results_column
 
-# How long Stop waits for the generation to end at its next step before it reports.
-STOP_WAIT_SECONDS = 5.0
-
 
 def progress_text(image_index: int, num_images: int, step: int, steps: int) -> str:
     """"image 2 of 4 · step 13 of 50"; one image's progress needs no image count."""
@@ -39,15 +36,20 @@ class Run:
     before: Image.Image | None = None  # the input as the pipeline took it, for the comparison
     first_result: str | None = None
 
-    def stopped_text(self) -> str:
-        if not self.steps:
-            return "**Stopped** before the first step. Nothing was generated."
-        return f"**Stopped at {progress_text(self.image_index, self.num_images, self.step, self.steps)}.** " \
-               "Nothing was kept: generate again to start over."
-
     def stopped_info(self) -> dict:
         """The info output of a stopped run, in place of a result's parameters."""
-        return {"stopped": True, "image_index": self.image_index, "step": self.step, "steps": self.steps}
+        return {"stopped": True, "image_index": self.image_index, "num_images": self.num_images,
+                "step": self.step, "steps": self.steps}
+
+
+def stopped_text(info: dict | None) -> str | None:
+    """What the status line says after a stopped run (from its info output), else None."""
+    if not info or not info.get("stopped"):
+        return None
+    if not info.get("steps"):
+        return "**Stopped** before the first step. Nothing was generated."
+    where = progress_text(info["image_index"], info.get("num_images", 1), info["step"], info["steps"])
+    return f"**Stopped at {where}.** Nothing was kept: generate again to start over."
 
 
 class SessionRuns:
@@ -124,20 +126,18 @@ def wire_results(panel: ResultsPanel, runs: SessionRuns, mode: Mode, generate: g
     # In the browser: a round trip could land after a quick Stop's report and wipe it.
     generate.click(None, None, panel.status, js="() => ''", api_visibility="private", queue=False)
 
-    def stopped(request: gr.Request):
-        run = runs.latest(SessionRuns.key(request, mode.name))
-        if run is None or run.ended.is_set():
-            return gr.skip()  # nothing is queued or running: what is shown stays
+    def stop_run(request: gr.Request) -> None:
         # Not Gradio's `cancels`: it closes the endpoint between two outputs, and its last output
-        # (a preview) could land after this. Stopped this way, the endpoint's last output is the
-        # empty result, at the next step, or at once when it starts.
-        run.cancel.set()
-        if not run.started:
-            return "**Stopped** before it started. Nothing was generated."
-        run.ended.wait(STOP_WAIT_SECONDS)
-        return run.stopped_text() if run.stopped else gr.skip()
+        # (a preview) could land after what Stop shows. Stopped this way, the endpoint ends at
+        # its next step (or at once when it starts) with the empty result as its last output.
+        run = runs.latest(SessionRuns.key(request, mode.name))
+        if run is not None and not run.ended.is_set():
+            run.cancel.set()
 
-    stop.click(stopped, None, panel.status, api_visibility="private", queue=False)
+    stop.click(stop_run, None, None, api_visibility="private", queue=False)
+    # After the run's last output, so nothing lands after it: where it stopped, if it did.
+    generation.then(lambda info: stopped_text(info) or gr.skip(), panel.info, panel.status,
+                    api_visibility="private", queue=False)
     if panel.comparison is not None:
         generate.click(None, None, panel.comparison, js="() => null", api_visibility="private", queue=False)
 

@@ -3,7 +3,7 @@ LoRAs as it was; a tab's LoRAs field naming a LoRA that is not loaded points at 
 
 from __future__ import annotations
 
-from page_driver import open_tab, require_chromium
+from page_driver import open_settings, open_tab, require_chromium
 
 require_chromium()
 
@@ -43,7 +43,7 @@ def test_a_hub_load_without_network_says_what_to_do_and_keeps_the_list(page, cli
 
 
 def test_an_unknown_lora_name_says_to_load_it_in_the_loras_tab(page):
-    panel = open_tab(page, "Text-to-Image")
+    panel = open_settings(open_tab(page, "Text-to-Image"))  # the LoRAs field is in Settings
     panel.get_by_label("Prompt").first.fill("a lighthouse")
     field = panel.get_by_label("LoRAs")
     field.fill("tiny-x:0.5")

@@ -150,9 +150,12 @@ def tab_titles() -> list[str]:
 def choose_tab(page, title: str):
     """A tab by its title, also at a phone's width, where Gradio moves the others into "More tabs"."""
     tab = page.get_by_role("tab", name=title, exact=True)
-    if not tab.is_visible():
+    if tab.is_visible():
+        tab.click()
+    else:
         page.get_by_role("button", name="More tabs").click()
         page.locator(".overflow-dropdown button", has_text=re.compile(f"^{re.escape(title)}$")).click()
+    page.wait_for_function("t => document.querySelector(`[role=tab][aria-selected=true]`)?.innerText === t", arg=title)
     return page.locator(".tabitem:visible")
 
 
