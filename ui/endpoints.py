@@ -198,9 +198,8 @@ def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | No
             progress(0, desc=f"Loading {', '.join(missing)}")
         run = (runs or SessionRuns()).begin(SessionRuns.key(http, mode), request.num_images)
         if run.cancel.is_set():  # stopped while it waited in the queue
-            run.stopped = True
             run.ended.set()
-            yield [], None, run.stopped_info(), *((None,) if spec.returns_control_image else ())
+            yield _stopped(spec, run)
             return
         yield from _results(playground, spec, request, arrival_time(http.request.scope if http else None), progress,
                             run)
@@ -238,12 +237,11 @@ def _results(playground: Playground, mode: Mode, request: GenerationRequest, rec
         if not isinstance(outcome, GenerationError):
             run.finished, run.first_result = True, str(outcome.images[0].file)
             run.before = getattr(outcome.request, "image", None) if mode.compares_to_input else None
-        run.stopped = isinstance(outcome, GenerationCancelled)
     finally:
         run.cancel.set()  # no-op once finished; stops a generation whose caller went away
         run.ended.set()
     if isinstance(outcome, GenerationCancelled):  # the page's Stop: nothing is kept
-        yield [], None, run.stopped_info(), *((None,) if mode.returns_control_image else ())
+        yield _stopped(mode, run)
         return
     if isinstance(outcome, GenerationError):
         raise gr.Error(str(outcome), title=outcome.title)
@@ -254,6 +252,11 @@ def _results(playground: Playground, mode: Mode, request: GenerationRequest, rec
         yield gallery, request.seed, outcome.info, str(outcome.control_image.file)
     else:
         yield gallery, request.seed, outcome.info
+
+
+def _stopped(mode: Mode, run: Run) -> tuple:
+    """The last output of a run the page stopped: no images, no seed, where it stopped."""
+    return [], None, run.stopped_info(), *((None,) if mode.returns_control_image else ())
 
 
 def _execute(playground: Playground, request, received_at: float, events: queue.Queue, cancel) -> None:

@@ -32,7 +32,6 @@ class Run:
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next step
     ended: threading.Event = field(default_factory=threading.Event)
     finished: bool = False  # it produced its results
-    stopped: bool = False  # Stop ended it before its results
     before: Image.Image | None = None  # the input as the pipeline took it, for the comparison
     first_result: str | None = None
 
