@@ -18,6 +18,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from pipelines.fetch import FetchPolicy
+from pipelines.jobs.runner import JobRunner
+from pipelines.jobs.store import JobStore
 from pipelines.loras.sources import LoraSourcePolicy
 from pipelines.models.startup import (
     demo_lora_folders,
@@ -33,7 +35,7 @@ from rest import add_rest_api
 from rest.arrival import ArrivalStamp
 from rest.common import RestSettings
 from ui import build_ui
-from ui.queue_gate import QueueGate, poll_queue_calmly
+from ui.gradio_queue import poll_queue_calmly
 
 log = logging.getLogger("flux_playground")
 PAGE_CSS = str(Path(__file__).resolve().parent / "ui" / "page.css")
@@ -168,13 +170,14 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     max_bytes = int(args.max_upload_mb * 1024 * 1024)
     settings = RestSettings(fetch=FetchPolicy(allow_private=args.allow_private_urls, max_bytes=max_bytes),
                             public_url=args.public_url, api_key=args.api_key)
-    add_rest_api(app, playground, settings)  # before Gradio takes `/`
+    jobs = JobRunner(playground, JobStore(store.folder))
+    add_rest_api(app, playground, settings, jobs)  # before Gradio takes `/`
     app.state.rest_settings = settings
-    gate = QueueGate(args.max_queue)
-    demo = build_ui(playground, gate)
-    gate.attach(demo)
+    demo = build_ui(playground)
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
     poll_queue_calmly(demo)
+    jobs.recover()  # what the last run left queued or running, ahead of anything new
+    jobs.start_sweeper(store.retention_seconds)
     # Results are served by id; the history index (every prompt) is not served at all.
     app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(store.folder)],
                               blocked_paths=[str(store.index_path)], auth=logins(args.auth),

@@ -1,8 +1,9 @@
-"""The one error type for a request's bad input, wherever it is found.
+"""The errors a request meets on its way, wherever they are found.
 
 Validation, input images, URL fetches and the LoRA library all raise `FieldError`; each
 problem names its field and what the field accepts, and every way in (the page, gradio_client,
-each REST API) shows it in its own words.
+each REST API) shows it in its own words. A request that validated can still be refused
+(`ServerBusy`), stopped (`GenerationCancelled`) or fail (`GenerationError`).
 """
 
 from __future__ import annotations
@@ -25,3 +26,22 @@ class FieldError(ValueError):
         """One error listing all of `problems` (at least one)."""
         first, *rest = problems
         return cls(first.field, first.message, rest)
+
+
+class GenerationError(RuntimeError):
+    """A request that validated but could not be served; the message is for the user."""
+
+    def __init__(self, message: str, title: str = "Generation failed"):
+        super().__init__(message)
+        self.title = title
+
+
+class GenerationCancelled(GenerationError):
+    def __init__(self):
+        super().__init__("The request was cancelled.", title="Cancelled")
+
+
+class ServerBusy(GenerationError):
+    def __init__(self, waiting: int):
+        super().__init__(f"The server is busy ({waiting} requests are waiting); try again in a moment.",
+                         title="Busy")

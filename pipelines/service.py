@@ -1,8 +1,8 @@
 """The playground's service: the one way in for the page, gradio_client and every REST API.
 
 raw values -> `Playground.parse` (validation, seed, images decoded once) -> `Playground.execute`
-(admission -> the accelerator -> safety -> store). Only this service takes the accelerator
-lock and prepares a request; the Gradio endpoints (`ui/`) and the REST routes (`rest/`) are
+(a ticket in the one line, `AcceleratorQueue` -> its turn on the accelerator -> safety ->
+store). Only this service takes the accelerator and prepares a request; the Gradio endpoints (`ui/`) and the REST routes (`rest/`) are
 thin adapters over it.
 """
 
@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from pipelines.errors import FieldError
+from pipelines.accelerator_queue import AcceleratorQueue, Ticket, WaitCallback, request_work
+from pipelines.errors import FieldError, GenerationCancelled, GenerationError, ServerBusy  # noqa: F401 (the adapters import them from here)
 from pipelines.fetch import FetchPolicy
 from pipelines.imaging.images import MIME_TYPES, encode_image
 from pipelines.loras.adapters import load_failure
@@ -54,25 +54,6 @@ except ImportError:  # pragma: no cover - depends on the deployment
 
     def on_accelerator(fn: Callable) -> Callable:
         return fn
-
-
-class GenerationError(RuntimeError):
-    """A request that validated but could not be served; the message is for the user."""
-
-    def __init__(self, message: str, title: str = "Generation failed"):
-        super().__init__(message)
-        self.title = title
-
-
-class GenerationCancelled(GenerationError):
-    def __init__(self):
-        super().__init__("The request was cancelled.", title="Cancelled")
-
-
-class ServerBusy(GenerationError):
-    def __init__(self, waiting: int):
-        super().__init__(f"The server is busy ({waiting} requests are waiting); try again in a moment.",
-                         title="Busy")
 
 
 @dataclass
@@ -130,11 +111,9 @@ class Playground:
         self.store = store
         self.demo_reason = demo_reason
         self.safety = safety
-        # Requests waiting for or holding the accelerator beyond this are refused as busy.
-        self.max_waiting = max_waiting
+        # Every way in waits in this one line; beyond `max_waiting` behind the one running, busy.
+        self.queue = AcceleratorQueue(max_waiting)
         self.time_limit_seconds = time_limit_seconds  # 0: no limit
-        self._in_flight = 0
-        self._in_flight_lock = threading.Lock()
 
     @property
     def outputs_dir(self) -> Path:
@@ -200,18 +179,39 @@ class Playground:
     def unload_lora(self, name: str) -> None:
         self.manager.unload_lora(name)
 
+    @property
+    def max_waiting(self) -> int:
+        return self.queue.max_waiting
+
+    def enqueue(self, request: GenerationRequest, received_at: float, reserved: bool = False,
+                force: bool = False) -> Ticket:
+        """The request's place in the line (`AcceleratorQueue.join`); ServerBusy when full."""
+        work = request_work(request.num_inference_steps, request.num_images, request.width, request.height)
+        return self.queue.join(received_at, work, reserved=reserved, force=force)
+
     def execute(
         self,
         request: GenerationRequest,
         received_at: float | None = None,
         on_step: StepCallback | None = None,
         cancel: threading.Event | None = None,
+        ticket: Ticket | None = None,
+        on_wait: WaitCallback | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> GenerationResult:
-        """Run a validated request (seed already resolved), check and store its images."""
+        """Run a validated request (seed already resolved) in its turn, check and store its
+        images. Without a `ticket`, it joins the line now (ServerBusy when full). `on_wait`
+        hears its place while it waits, `on_start` when its turn comes, `on_step` each step."""
         received_at = time.monotonic() if received_at is None else received_at
+        ticket = ticket or self.enqueue(request, received_at)
         request_id = uuid.uuid4().hex[:12]
-        with self._admitted():
+        try:
+            self.queue.wait_turn(ticket, cancel, on_wait)
+            if on_start is not None:
+                on_start()
             request, images, flags, warnings, started, finished = self._generate(request, request_id, on_step, cancel)
+        finally:
+            self.queue.release(ticket)
         model = self.model_label(request)
         queued_ms, executed_ms = round((started - received_at) * 1000), round((finished - started) * 1000)
         info = {
@@ -229,19 +229,6 @@ class Playground:
         return GenerationResult(request=request, request_id=request_id, model=model, images=stored,
                                 queued_ms=queued_ms, executed_ms=executed_ms, info=info,
                                 control_image=self._store_map(control) if control is not None else None)
-
-    @contextmanager
-    def _admitted(self):
-        """Count the request in, or refuse it at once when too many are already waiting."""
-        with self._in_flight_lock:
-            if self._in_flight >= self.max_waiting + 1:  # + the one running
-                raise ServerBusy(self._in_flight - 1)
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._in_flight_lock:
-                self._in_flight -= 1
 
     def _prompt_warnings(self, request: GenerationRequest) -> list[str]:
         clip, t5 = self.manager.component("tokenizer"), self.manager.component("tokenizer_2")

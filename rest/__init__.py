@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from pipelines.imaging.images import MIME_TYPES
+from pipelines.jobs.runner import JobRunner
 from pipelines.service import Playground
 from rest import fal_api, openai_api, runpod_api
 from rest.common import RestSettings
@@ -68,12 +69,13 @@ def body_error(http: Request, error: RequestValidationError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(problems)})
 
 
-def add_rest_api(app: FastAPI, playground: Playground, settings: RestSettings) -> None:
+def add_rest_api(app: FastAPI, playground: Playground, settings: RestSettings, jobs: JobRunner) -> None:
     """Add the REST routes and `/results/{id}` to `app` (before Gradio is mounted at `/`).
-    With `settings.api_key`, every API route asks for it; result URLs stay capability URLs
-    (random ids), so that image links work where they are handed on."""
+    The async APIs keep their jobs in `jobs`' durable store. With `settings.api_key`, every API
+    route asks for it; result URLs stay capability URLs (random ids), so that image links work
+    where they are handed on."""
     for module in (openai_api, runpod_api, fal_api):
-        app.include_router(module.create_router(playground, settings),
+        app.include_router(module.create_router(playground, settings, jobs),
                            dependencies=[Depends(api_key_check(settings.api_key))])
     app.add_exception_handler(RequestValidationError, body_error)
     app.add_exception_handler(Unauthorized, unauthorized)

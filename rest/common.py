@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,10 +12,14 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.errors import FieldError
+from pipelines.jobs.runner import JobRunner
+from pipelines.jobs.store import JobRecord
 from pipelines.service import GenerationResult, Playground
 from rest.arrival import arrival_time
 from rest.inputs import FetchPolicy
 
+# How often a request waiting on a job looks at it.
+JOB_POLL_SECONDS = 0.05
 # The names each hosted API uses for the three models, and the repository each means.
 MODEL_ALIASES = {
     "dev": ("flux.1-dev", "flux-dev", "flux-1-dev", "black-forest-labs/flux.1-dev",
@@ -86,3 +93,16 @@ def result_url(http: Request, settings: RestSettings, result_id: str) -> str:
 
 def drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
+
+
+def data_uri(data: bytes, content_type: str) -> str:
+    return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+
+
+async def wait_for_job(jobs: JobRunner, job_id: str, timeout: float) -> JobRecord | None:
+    """The job once it finished, or as it is after `timeout` seconds; waits without holding
+    a thread, so that many clients may wait at once."""
+    deadline = time.monotonic() + timeout
+    while (live := jobs.live(job_id)) is not None and not live.done.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(JOB_POLL_SECONDS)
+    return jobs.get(job_id)

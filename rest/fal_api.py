@@ -115,7 +115,7 @@ ROUTES = {
 }
 
 
-def create_router(playground, settings: RestSettings) -> APIRouter:
+def create_router(playground, settings: RestSettings, jobs=None) -> APIRouter:
     router = APIRouter(prefix="/fal-ai", tags=["fal-style endpoints"])
 
     def add_route(path: str, mode: str, defaults: dict[str, Any]) -> None:

@@ -162,7 +162,7 @@ def numeric(value: Any) -> Any:
     return value
 
 
-def create_router(playground, settings: RestSettings) -> APIRouter:
+def create_router(playground, settings: RestSettings, jobs=None) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["OpenAI Images API"])
 
     @router.get("/models")

@@ -1,10 +1,13 @@
 """RunPod-style endpoints: `POST /v2/{model}/runsync`, `/run`, `GET /v2/{model}/status/{id}`,
-`POST /v2/{model}/cancel/{id}`, with the `input` objects of RunPod's Flux Dev and Flux Kontext
-Dev public endpoints and their defaults (guidance 7.5 and jpeg for dev; 2 and png for Kontext).
+`/stream/{id}`, `/health`, `POST /v2/{model}/cancel/{id}` and `/purge-queue`, with the `input`
+objects of RunPod's Flux Dev and Flux Kontext Dev public endpoints and their defaults (guidance
+7.5 and jpeg for dev; 2 and png for Kontext). Every job, `/runsync`'s too, is kept in the
+durable job store (`pipelines/jobs/`) and survives a restart.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -13,27 +16,30 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.errors import FieldError
-from pipelines.service import (
-    GenerationError,
-    GenerationResult,
-    ServerBusy,
-)
+from pipelines.errors import FieldError, ServerBusy
+from pipelines.jobs.runner import JobRunner, StepEvent
+from pipelines.jobs.store import JobRecord
 from rest.arrival import arrival_time
 from rest.common import (
     MODEL_MODES,
     RestSettings,
     UnknownModel,
+    data_uri,
     drop_none,
     first_error,
     resolve_model,
+    wait_for_job,
 )
 from rest.inputs import load_image_input
-from rest.jobs import JobQueue
 
 # Our field names in RunPod's vocabulary, for error messages.
 FIELD_NAMES = {"guidance_scale": "guidance", "output_format": "image_format", "image_size": "size"}
 KONTEXT_FIELD_NAMES = {**FIELD_NAMES, "output_format": "output_format", "width": "size", "height": "size"}
+# The store's states in RunPod's words.
+STATUS_WORDS = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "completed": "COMPLETED", "failed": "FAILED",
+                "cancelled": "CANCELLED"}
+# How long `/runsync` waits before it answers with the job's id instead (RunPod: 90 s, ?wait= up to 300 s).
+RUNSYNC_WAIT_MS, RUNSYNC_WAIT_MS_MAX = 90_000, 300_000
 # RunPod's documented defaults where they differ from the playground's.
 DEFAULTS = {
     "dev": {"guidance": 7.5, "image_format": "jpeg", "width": 1024, "height": 1024},
@@ -78,11 +84,26 @@ def raw_fields(model: str, values: dict[str, Any], settings: RestSettings) -> di
     return raw
 
 
-def render_output(result: GenerationResult, base_url: str) -> dict[str, Any]:
+def render_output(summary: dict[str, Any], base_url: str) -> dict[str, Any]:
     """RunPod's `output`: the image URL and a cost, which is 0 on your own hardware."""
-    return {"image_url": f"{base_url.rstrip('/')}/results/{result.images[0].result_id}", "cost": 0.0,
-            "seed": result.request.seed, "has_nsfw_concepts": result.has_nsfw_concepts,
-            "warnings": result.info["warnings"]}
+    return {"image_url": f"{base_url.rstrip('/')}/results/{summary['images'][0]['result_id']}", "cost": 0.0,
+            "seed": summary["seed"], "has_nsfw_concepts": [image["has_nsfw_concepts"] for image in summary["images"]],
+            "warnings": summary["warnings"]}
+
+
+def preview_chunk(step: StepEvent) -> dict[str, Any]:
+    """A live preview as a stream chunk's `output`: a small JPEG of the image being denoised."""
+    return {"output": {"preview": True, "image_url": data_uri(step.preview, "image/jpeg"),
+                       "image_index": step.image_index, "step": step.step, "steps": step.steps}}
+
+
+def timings_ms(record: JobRecord) -> dict[str, int]:
+    """RunPod's delayTime (waiting) and executionTime (running), in milliseconds."""
+    now = time.time()
+    started = record.started_at or record.finished_at or now
+    finished = record.finished_at or now
+    return {"delayTime": round((started - record.created_at) * 1000),
+            "executionTime": round((finished - started) * 1000) if record.started_at else 0}
 
 
 def failed(status: int, message: str, job_id: str | None = None) -> JSONResponse:
@@ -90,16 +111,16 @@ def failed(status: int, message: str, job_id: str | None = None) -> JSONResponse
                                                      "error": message})
 
 
-def create_router(playground, settings: RestSettings) -> APIRouter:
+def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["RunPod-style endpoints"])
-    jobs = JobQueue(playground)
+    delivered: dict[str, int] = {}  # stream chunks each job has handed out
 
     def prepare(model_name: str, body: RunBody):
-        """(model, validated request) or a FAILED response."""
+        """(model, raw fields, validated request) or a FAILED response."""
         try:
             model = resolve_model(model_name)
             raw = raw_fields(model, body.input, settings)
-            return model, playground.parse(MODEL_MODES[model], raw)
+            return model, raw, playground.parse(MODEL_MODES[model], raw)
         except UnknownModel as error:
             return failed(404, str(error))
         except FieldError as error:  # an input RunPod names itself (size, image), or a parsed field
@@ -109,57 +130,108 @@ def create_router(playground, settings: RestSettings) -> APIRouter:
     def base_url(http: Request) -> str:
         return settings.public_url or str(http.base_url)
 
-    @router.post("/{model}/runsync")
-    async def run_sync(model: str, body: RunBody, http: Request):
-        """Run a request and answer when it is done."""
-        prepared = prepare(model, body)
+    def submit(model_name: str, body: RunBody, http: Request, id_prefix: str = ""):
+        prepared = prepare(model_name, body)
         if isinstance(prepared, JSONResponse):
             return prepared
-        _, request = prepared
-        job_id = f"sync-{uuid.uuid4()}"
+        model, raw, request = prepared
         try:
-            result = await run_in_threadpool(playground.execute, request, arrival_time(http.scope))
+            return jobs.submit("runpod", model, raw, request, {"previews": True}, arrival_time(http.scope),
+                               id_prefix=id_prefix)
         except ServerBusy as error:
-            return failed(503, str(error), job_id)
-        except GenerationError as error:
-            return failed(500, str(error), job_id)
-        return {"id": job_id, "status": "COMPLETED", "delayTime": result.queued_ms,
-                "executionTime": result.executed_ms, "workerId": "local",
-                "output": render_output(result, base_url(http))}
+            return failed(503, str(error))
+
+    def job_state(model_name: str, job_id: str, http: Request) -> dict[str, Any] | JSONResponse:
+        record = jobs.get(job_id)
+        if record is None or record.api != "runpod" or record.route != known_model(model_name):
+            return JSONResponse(status_code=404, content={
+                "id": job_id, "status": "NOT_FOUND",
+                "error": f"No job {job_id!r} on endpoint {model_name!r} (finished jobs are kept for the result "
+                         "retention)"})
+        state = {"id": record.id, "status": STATUS_WORDS[record.status], **timings_ms(record), "workerId": "local"}
+        if record.status == "completed":
+            state["output"] = render_output(record.result, base_url(http))
+        if record.error is not None:
+            state["error"] = record.error
+        return state
+
+    @router.post("/{model}/runsync")
+    async def run_sync(model: str, body: RunBody, http: Request, wait: int = RUNSYNC_WAIT_MS):
+        """Run a request and answer when it is done, or after `wait` ms with its id (IN_QUEUE or
+        IN_PROGRESS; poll `/status/{id}`), as RunPod does."""
+        record = await run_in_threadpool(submit, model, body, http, "sync-")
+        if isinstance(record, JSONResponse):
+            return record
+        await wait_for_job(jobs, record.id, min(max(wait, 1000), RUNSYNC_WAIT_MS_MAX) / 1000)
+        return job_state(model, record.id, http)
 
     @router.post("/{model}/run")
     async def run_async(model: str, body: RunBody, http: Request):
-        """Queue a request; poll `/status/{id}` for its result."""
-        prepared = prepare(model, body)
-        if isinstance(prepared, JSONResponse):
-            return prepared
-        url = base_url(http)
-        if jobs.waiting() >= playground.max_waiting:
-            return failed(503, str(ServerBusy(jobs.waiting())))
-        job = jobs.submit(prepared[1], lambda result: render_output(result, url), arrival_time(http.scope))
-        return {"id": job.id, "status": job.status}
-
-    def job_state(job_id: str):
-        job = jobs.get(job_id)
-        if job is None:
-            return JSONResponse(status_code=404, content={"id": job_id, "status": "NOT_FOUND",
-                                                          "error": f"No job {job_id!r} (jobs are kept for a day)"})
-        state = {"id": job.id, "status": job.status, **job.timings_ms(), "workerId": "local"}
-        if job.output is not None:
-            state["output"] = job.output
-        if job.error is not None:
-            state["error"] = job.error
-        return state
+        """Queue a request; poll `/status/{id}` for its result, or `/stream/{id}` for its previews."""
+        record = await run_in_threadpool(submit, model, body, http)
+        if isinstance(record, JSONResponse):
+            return record
+        return {"id": record.id, "status": STATUS_WORDS[record.status]}
 
     @router.get("/{model}/status/{job_id}")
-    def status(model: str, job_id: str):
+    def status(model: str, job_id: str, http: Request):
         """A job's status, and its output once COMPLETED."""
-        return job_state(job_id)
+        return job_state(model, job_id, http)
+
+    @router.get("/{model}/stream/{job_id}")
+    def stream(model: str, job_id: str, http: Request):
+        """What the job produced since the last call: each live preview as an `output`, then
+        the result. A cancelled job ends as FAILED here: RunPod's SDK stops streaming only at
+        COMPLETED, FAILED or TIMED_OUT."""
+        state = job_state(model, job_id, http)
+        if isinstance(state, JSONResponse):
+            return state
+        live = jobs.live(job_id)
+        chunks = [preview_chunk(step) for step in (live.steps if live else []) if step.preview is not None]
+        if state["status"] == "COMPLETED":
+            chunks.append({"output": state["output"]})
+        elif state["status"] == "CANCELLED":
+            state.update(status="FAILED", error="The job was cancelled.")
+        start = delivered.get(job_id, 0)
+        delivered[job_id] = len(chunks)
+        return {"id": state["id"], "status": state["status"], "stream": chunks[start:],
+                **({"error": state["error"]} if "error" in state else {})}
 
     @router.post("/{model}/cancel/{job_id}")
-    def cancel(model: str, job_id: str):
+    def cancel(model: str, job_id: str, http: Request):
         """Cancel a queued job, or a running one at its next denoising step."""
+        state = job_state(model, job_id, http)
+        if isinstance(state, JSONResponse):
+            return state
         jobs.cancel(job_id)
-        return job_state(job_id)
+        return job_state(model, job_id, http)
+
+    @router.get("/{model}/health")
+    def health(model: str):
+        """The endpoint's jobs by state, and its one worker: the accelerator, idle or running."""
+        try:
+            route = resolve_model(model)
+        except UnknownModel as error:
+            return failed(404, str(error))
+        counts, line = jobs.store.counts("runpod", route), playground.queue.counts()
+        return {"jobs": {"completed": counts["completed"], "failed": counts["failed"] + counts["cancelled"],
+                         "inProgress": counts["running"], "inQueue": counts["queued"], "retried": counts["retried"]},
+                "workers": {"idle": 1 - line["running"], "running": line["running"], "ready": 1 - line["running"],
+                            "initializing": 0, "throttled": 0, "unhealthy": 0}}
+
+    @router.post("/{model}/purge-queue")
+    def purge_queue(model: str):
+        """Cancel every job of the endpoint still waiting; running jobs go on."""
+        try:
+            route = resolve_model(model)
+        except UnknownModel as error:
+            return failed(404, str(error))
+        return {"removed": jobs.purge("runpod", route), "status": "completed"}
+
+    def known_model(model_name: str) -> str | None:
+        try:
+            return resolve_model(model_name)
+        except UnknownModel:
+            return None
 
     return router

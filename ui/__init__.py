@@ -7,12 +7,11 @@ import gradio as gr
 
 from pipelines.service import Playground
 from ui.history import history_tab, wire_restore_from_files
-from ui.queue_gate import QueueGate
 from ui.results import clear_on_load
 from ui.tabs import fill_variant_defaults, lora_tab, mode_tabs
 
 
-def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
+def build_ui(playground: Playground) -> gr.Blocks:
     with gr.Blocks(title="FLUX Playground") as demo:
         gr.Markdown("# FLUX Playground\nFLUX.1 [dev], Kontext [dev], Redux [dev], inpainting, outpainting, "
                     "structural control and LoRAs on one resident pipeline manager. Every tab is also an API "
@@ -24,7 +23,7 @@ def build_ui(playground: Playground, gate: QueueGate) -> gr.Blocks:
                 elem_id="demo-banner", elem_classes=["demo-banner"],
             )
         with gr.Tabs() as tabs:
-            tab = mode_tabs(playground, gate)
+            tab = mode_tabs(playground)
             lora_tab(playground)
             history_tab(playground, tab, tabs)
         wire_restore_from_files(tab, tabs, playground.store)

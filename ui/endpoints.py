@@ -22,11 +22,10 @@ from pipelines.errors import FieldError
 from pipelines.imaging.previews import preview_image, should_preview
 from pipelines.modes.request_types import GenerationRequest, ServerCapabilities
 from pipelines.modes.table import MODES, Mode
-from pipelines.service import GenerationCancelled, GenerationError, Playground
+from pipelines.service import GenerationCancelled, GenerationError, Playground, ServerBusy
 from presets import PRESETS
 from rest.arrival import arrival_time
 from ui.api_docs import endpoint_docstring
-from ui.queue_gate import QueueGate
 from ui.results import Run, SessionRuns, progress_text
 
 SIZE_PARAMETERS = ("image_size", "width", "height")
@@ -125,11 +124,11 @@ def page_words(field: str, message: str, labels: dict[str, str]) -> str:
 
 
 def make_validator(playground: Playground, mode: str, parsed: ParsedRequests | None = None,
-                   gate: QueueGate | None = None, runs: SessionRuns | None = None) -> Callable:
+                   runs: SessionRuns | None = None) -> Callable:
     """A gradio `validator=` for a mode's endpoint: it runs when the request is queued, before
     any accelerator time, marks each invalid field with a message naming its range, and turns
-    requests away with a clear "busy" when too many are waiting. A valid request is kept in
-    `parsed` for the endpoint. The page gets each message in its own words (`page_words`), API
+    requests away with a clear "busy" when the accelerator's line is full (a valid one gets a
+    place reserved in it). A valid request is kept in `parsed` for the endpoint. The page gets each message in its own words (`page_words`), API
     clients in the API's (`api_words`)."""
     names = list(endpoint_parameters(MODES[mode]))
     labels = {name: PRESETS.label(name, mode) for name in names}
@@ -146,7 +145,7 @@ def make_validator(playground: Playground, mode: str, parsed: ParsedRequests | N
         except FieldError as error:
             for problem in error.problems:
                 problems.setdefault(problem.field, []).append(words(problem.field, problem.message))
-        if not problems and gate is not None and not gate.admit():
+        if not problems and not playground.queue.reserve():
             # Shown on the first input, since it concerns none in particular.
             problems[names[0]] = [BUSY]
         if not problems and parsed is not None:
@@ -201,8 +200,12 @@ def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | No
             run.ended.set()
             yield _stopped(spec, run)
             return
-        yield from _results(playground, spec, request, arrival_time(http.request.scope if http else None), progress,
-                            run)
+        try:  # its place in the line, reserved by the validator
+            ticket = playground.enqueue(request, arrival_time(http.request.scope if http else None), reserved=True)
+        except ServerBusy:
+            run.ended.set()
+            raise gr.Error(BUSY, title="Busy") from None
+        yield from _results(playground, spec, request, ticket, progress, run)
 
     run.__name__ = run.__qualname__ = mode
     run.__doc__ = endpoint_docstring(spec, spec.variant({}, playground.fill), names)
@@ -211,18 +214,20 @@ def make_endpoint(playground: Playground, mode: str, parsed: ParsedRequests | No
     return run
 
 
-def _results(playground: Playground, mode: Mode, request: GenerationRequest, received_at: float, progress,
-             run: Run):
-    """Run the request in a worker thread; yield its previews, then its result. `run` follows
-    where it is, for the page's Stop and before/after."""
+def _results(playground: Playground, mode: Mode, request: GenerationRequest, ticket, progress, run: Run):
+    """Run the request in a worker thread when its `ticket`'s turn comes; yield its previews,
+    then its result. `run` follows where it is, for the page's Stop and before/after."""
     extras = (gr.skip(),) if mode.returns_control_image else ()  # the control map comes at the end
     events: queue.Queue = queue.Queue()
     worker = threading.Thread(target=_execute, daemon=True, name=f"{mode.name}-request",
-                              args=(playground, request, received_at, events, run.cancel))
+                              args=(playground, request, ticket, events, run.cancel))
     worker.start()
     reported = 0.0
     try:
         while (event := events.get())[0] != "done":
+            if event[0] == "wait":  # in line behind other requests, from here or any API
+                progress(None, desc=waiting_text(*event[1:]))
+                continue
             _, image_index, step, steps, latents = event
             run.image_index, run.step, run.steps = image_index, step, steps
             if time.monotonic() - reported >= PROGRESS_INTERVAL_SECONDS:
@@ -259,14 +264,25 @@ def _stopped(mode: Mode, run: Run) -> tuple:
     return [], None, run.stopped_info(), *((None,) if mode.returns_control_image else ())
 
 
-def _execute(playground: Playground, request, received_at: float, events: queue.Queue, cancel) -> None:
-    """Run a request in a worker thread, reporting steps (with latents) and the outcome as events."""
+def waiting_text(ahead: int, seconds: float | None) -> str:
+    """Where a request stands in the line: "Waiting: 2 requests ahead · about 14 s"."""
+    place = "next in line" if ahead == 0 else f"{ahead} request{'s' if ahead > 1 else ''} ahead"
+    return f"Waiting: {place}" + (f" · about {seconds:.0f} s" if seconds else "")
+
+
+def _execute(playground: Playground, request, ticket, events: queue.Queue, cancel) -> None:
+    """Run a request in a worker thread, reporting its place while it waits, its steps (with
+    latents) and the outcome as events."""
+
+    def on_wait(ahead: int, seconds: float | None) -> None:
+        events.put(("wait", ahead, seconds))
 
     def on_step(image_index: int, step: int, steps: int, latents) -> None:
         events.put(("step", image_index, step, steps, latents))
 
     try:
-        events.put(("done", playground.execute(request, received_at, on_step, cancel)))
+        events.put(("done", playground.execute(request, ticket.arrival, on_step, cancel, ticket=ticket,
+                                               on_wait=on_wait)))
     except GenerationError as error:
         events.put(("done", error))
 

@@ -29,26 +29,26 @@ from ui.endpoints import (
     make_lora_endpoints,
     make_validator,
 )
-from ui.queue_gate import QueueGate
 from ui.results import SessionRuns, results_panel, wire_results
 
 # Every generating endpoint shares one accelerator: one request at a time across all tabs.
 ACCELERATOR = "accelerator"
 
 
-def wire(playground: Playground, gate: QueueGate, parsed: ParsedRequests, runs: SessionRuns, mode: Mode,
+def wire(playground: Playground, parsed: ParsedRequests, runs: SessionRuns, mode: Mode,
          button: gr.Button, controls: dict, outputs: list, progress_on: gr.Component):
     """Bind a tab's Generate button to its endpoint: one named API route per mode. Its progress
     and queue position show on `progress_on`, never over the images."""
     names = endpoint_parameters(mode)
     return button.click(
         make_endpoint(playground, mode.name, parsed, runs), [controls[name] for name in names], outputs,
-        api_name=mode.name, validator=make_validator(playground, mode.name, parsed, gate, runs),
-        concurrency_id=ACCELERATOR, concurrency_limit=1, show_progress_on=[progress_on],
+        api_name=mode.name, validator=make_validator(playground, mode.name, parsed, runs),
+        # Every request waits in the service's one line (with the REST APIs'), not in Gradio's.
+        concurrency_id=ACCELERATOR, concurrency_limit=playground.max_waiting + 1, show_progress_on=[progress_on],
     )
 
 
-def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, runs: SessionRuns,
+def mode_tab(playground: Playground, parsed: ParsedRequests, runs: SessionRuns,
              mode: Mode) -> dict:
     """A mode's tab: its own inputs, the shared settings, results and examples."""
     variant = mode.variant({}, playground.fill)
@@ -69,7 +69,7 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, ru
                 if mode.chains_results:
                     add_iterative_editing(controls, outputs)
         document_inputs(mode, variant, controls)
-        generation = wire(playground, gate, parsed, runs, mode, button, controls, outputs, results.status)
+        generation = wire(playground, parsed, runs, mode, button, controls, outputs, results.status)
         wire_results(results, runs, mode, button, stop, generation)
         with gr.Accordion("Restore parameters from a saved image", open=False):
             saved = gr.File(label="Drop a PNG, JPEG or WebP saved by this playground", file_types=["image"],
@@ -81,10 +81,10 @@ def mode_tab(playground: Playground, gate: QueueGate, parsed: ParsedRequests, ru
     return {"controls": controls, "restore_from": saved, "results": results}
 
 
-def mode_tabs(playground: Playground, gate: QueueGate) -> dict[str, dict]:
+def mode_tabs(playground: Playground) -> dict[str, dict]:
     """Every mode's tab, in the order of the mode table."""
     parsed, runs = ParsedRequests(), SessionRuns()
-    return {name: mode_tab(playground, gate, parsed, runs, mode) for name, mode in MODES.items()}
+    return {name: mode_tab(playground, parsed, runs, mode) for name, mode in MODES.items()}
 
 
 # Numbers that apply to one value of a mode's variant field only (the Canny thresholds).

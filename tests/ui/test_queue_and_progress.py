@@ -107,7 +107,7 @@ def test_waiting_jobs_see_their_queue_position_and_estimate(base_url):
 
 
 def test_the_served_queue_polls_every_10_ms_and_still_runs_requests_at_once(served):
-    from ui.queue_gate import PROGRESS_POLL_SECONDS, QUEUE_POLL_SECONDS
+    from ui.gradio_queue import PROGRESS_POLL_SECONDS, QUEUE_POLL_SECONDS
 
     client, _, _, server_app = served
     blocks = next(route.app.get_blocks() for route in server_app.routes if hasattr(getattr(route, "app", None), "get_blocks"))

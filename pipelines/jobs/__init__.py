@@ -1,0 +1,1 @@
+"""Asynchronous jobs: their durable store and their runner."""
