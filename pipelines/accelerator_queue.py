@@ -132,7 +132,9 @@ class AcceleratorQueue:
     # -- inside the lock ---------------------------------------------------------------------
 
     def _room(self) -> int:
-        return self.max_waiting - len(self._waiting) - len(self._reservations)
+        """Places left: `max_waiting` behind the one running (or about to run)."""
+        taken = len(self._waiting) + (self._running is not None) + len(self._reservations)
+        return self.max_waiting + 1 - taken
 
     def _lapse_reservations(self) -> None:
         now = time.monotonic()

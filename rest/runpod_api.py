@@ -163,7 +163,9 @@ def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRou
         if isinstance(record, JSONResponse):
             return record
         await wait_for_job(jobs, record.id, min(max(wait, 1000), RUNSYNC_WAIT_MS_MAX) / 1000)
-        return job_state(model, record.id, http)
+        state = job_state(model, record.id, http)
+        # A failure as an HTTP error too, so that the SDK's run_sync raises it rather than return None.
+        return JSONResponse(status_code=500, content=state) if state["status"] == "FAILED" else state
 
     @router.post("/{model}/run")
     async def run_async(model: str, body: RunBody, http: Request):

@@ -3,6 +3,7 @@ waited, and show step progress while they run."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from conftest import EXAMPLE_BIRD, FAST, result_images
@@ -85,25 +86,47 @@ def test_cancelling_a_job_stops_it_and_the_next_request_runs(client, playground)
     assert result_images(quick)[0].size == (256, 256)
 
 
-def test_waiting_jobs_see_their_queue_position_and_estimate(base_url):
+def test_waiting_jobs_see_their_place_in_the_one_line_and_an_estimate(base_url):
     from gradio_client import Client
 
     request = {"prompt": "a fox", "image_size": "square_hd", "num_inference_steps": 16, "live_preview": False,
                "api_name": "/text_to_image"}
     users = [Client(base_url, verbose=False) for _ in range(3)]
     jobs = [user.submit(**request) for user in users]
-    waiting = []  # (rank, queue size, estimate) of every job seen waiting
+    waiting = set()  # the "Waiting: ..." texts seen
     while not all(job.done() for job in jobs):
         for job in jobs:
-            status = job.status()
-            if status.code.name == "IN_QUEUE" and status.rank is not None:
-                waiting.append((status.rank, status.queue_size, status.eta))
+            progress = job.status().progress_data
+            if progress and progress[0].desc and progress[0].desc.startswith("Waiting"):
+                waiting.add(progress[0].desc)
         time.sleep(0.02)
-    # Three requests, one accelerator: some waited, knowing their place, and got an estimate.
-    assert waiting, "no job was seen waiting"
-    assert any(size and size >= 1 for _, size, _ in waiting)
-    assert any(eta is not None and eta > 0 for _, _, eta in waiting), waiting[:5]
+    # Three requests, one accelerator: they waited in the service's line (where the REST APIs'
+    # requests wait too), knowing their place, with an estimate learned from earlier requests.
+    assert any("1 request ahead" in text or "2 requests ahead" in text for text in waiting), waiting
+    assert any(re.search(r"about \d+ s", text) for text in waiting), waiting
     assert all(result_images(job.result())[0].size == (1024, 1024) for job in jobs)
+
+
+def test_page_and_rest_requests_run_in_arrival_order(client, base_url):
+    import requests
+
+    slow = {"prompt": "a fox", "image_size": "square_hd", "num_inference_steps": 12, "live_preview": False}
+    started = {}
+    first = client.submit(**slow, seed=1, api_name="/text_to_image")
+    time.sleep(0.3)
+    rest = requests.post(base_url + "v2/black-forest-labs-flux-1-dev/run", timeout=30,
+                         json={"input": {"prompt": "a fox", "width": 1024, "height": 1024, "num_inference_steps": 12,
+                                         "seed": 2}}).json()
+    time.sleep(0.3)
+    last = client.submit(**slow, seed=3, api_name="/text_to_image")
+    last_info = last.result()[2]
+    status = requests.get(base_url + f"v2/black-forest-labs-flux-1-dev/status/{rest['id']}", timeout=30).json()
+    started["page, first"] = first.result()[2]["timings"]
+    started["rest"] = status
+    # The REST job came between the two page requests: it ran after the first, the last after it.
+    assert status["status"] == "COMPLETED"
+    assert status["delayTime"] >= 0.8 * started["page, first"]["executed_ms"] - 300
+    assert last_info["timings"]["queued_ms"] >= 0.8 * (started["page, first"]["executed_ms"] + status["executionTime"]) - 600
 
 
 def test_the_served_queue_polls_every_10_ms_and_still_runs_requests_at_once(served):
