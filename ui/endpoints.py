@@ -226,7 +226,7 @@ def _results(playground: Playground, mode: Mode, request: GenerationRequest, tic
     try:
         while (event := events.get())[0] != "done":
             if event[0] == "wait":  # in line behind other requests, from here or any API
-                progress(None, desc=waiting_text(*event[1:]))
+                progress(0.0, desc=waiting_text(*event[1:]))  # a number, or the page hides the text
                 continue
             _, image_index, step, steps, latents = event
             run.image_index, run.step, run.steps = image_index, step, steps
