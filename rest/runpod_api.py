@@ -211,10 +211,9 @@ def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRou
     @router.get("/{model}/health")
     def health(model: str):
         """The endpoint's jobs by state, and its one worker: the accelerator, idle or running."""
-        try:
-            route = resolve_model(model)
-        except UnknownModel as error:
-            return failed(404, str(error))
+        route = known_model(model)
+        if route is None:
+            return unknown_endpoint(model)
         counts, line = jobs.store.counts("runpod", route), playground.queue.counts()
         return {"jobs": {"completed": counts["completed"], "failed": counts["failed"] + counts["cancelled"],
                          "inProgress": counts["running"], "inQueue": counts["queued"], "retried": counts["retried"]},
@@ -224,10 +223,9 @@ def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRou
     @router.post("/{model}/purge-queue")
     def purge_queue(model: str):
         """Cancel every job of the endpoint still waiting; running jobs go on."""
-        try:
-            route = resolve_model(model)
-        except UnknownModel as error:
-            return failed(404, str(error))
+        route = known_model(model)
+        if route is None:
+            return unknown_endpoint(model)
         return {"removed": jobs.purge("runpod", route), "status": "completed"}
 
     def known_model(model_name: str) -> str | None:
@@ -235,5 +233,8 @@ def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRou
             return resolve_model(model_name)
         except UnknownModel:
             return None
+
+    def unknown_endpoint(model_name: str) -> JSONResponse:
+        return failed(404, str(UnknownModel(model_name)))
 
     return router
