@@ -202,7 +202,8 @@ class Playground:
         """Run a validated request (seed already resolved) in its turn, check and store its
         images. Without a `ticket`, it joins the line now (ServerBusy when full). `on_wait`
         hears its place while it waits, `on_start` when its turn comes, `on_step` each step."""
-        received_at = time.monotonic() if received_at is None else received_at
+        if received_at is None:
+            received_at = ticket.arrival if ticket is not None else time.monotonic()
         ticket = ticket or self.enqueue(request, received_at)
         request_id = uuid.uuid4().hex[:12]
         try:

@@ -88,7 +88,7 @@ class JobRunner:
         self._live: dict[str, LiveJob] = {}
         # Jobs that just finished keep their steps a while, for streams still reading them.
         self._recent: OrderedDict[str, LiveJob] = OrderedDict()
-        self._lock = threading.Lock()  # status changes: a cancel and a start never cross
+        self._lock = threading.RLock()  # status changes: a cancel, a start and an end never cross
 
     # -- taking jobs -------------------------------------------------------------------------
 
@@ -195,6 +195,8 @@ class JobRunner:
 
         def on_start() -> None:
             with self._lock:
+                if live.cancel.is_set():  # cancelled as its turn came: already written so
+                    raise GenerationCancelled()
                 live.place = None
                 self.store.update(record.id, status=RUNNING, started_at=time.time(), attempts=record.attempts + 1)
 
@@ -226,10 +228,11 @@ class JobRunner:
                 live.changed.notify_all()
 
     def _finish(self, job_id: str, status: str, result: dict | None = None, error: str | None = None) -> JobRecord:
-        current = self.store.get(job_id)
-        if current is not None and current.finished:  # cancelled while queued: already written
-            return current
-        return self.store.update(job_id, status=status, finished_at=time.time(), result=result, error=error)
+        with self._lock:
+            current = self.store.get(job_id)
+            if current is not None and current.finished:  # cancelled while queued: already written
+                return current
+            return self.store.update(job_id, status=status, finished_at=time.time(), result=result, error=error)
 
     # -- recording the request ---------------------------------------------------------------
 
