@@ -72,7 +72,8 @@ def number_input(name: str, mode: str | None = None, variant: str | None = None,
     variant's, where they differ)."""
     spec = PRESETS.field(name, mode)
     span = f"{format_number(spec.min)} to {format_number(spec.max)}"
-    return Number(value=PRESETS.default(name, mode, variant), minimum=spec.min, maximum=spec.max, step=spec.step,
+    options.setdefault("value", PRESETS.default(name, mode, variant))
+    return Number(minimum=spec.min, maximum=spec.max, step=spec.step,
                   precision=0 if spec.kind == "int" else None, label=PRESETS.label(name, mode),
                   info=f"{spec.info} ({span})" if spec.info else f"From {span}", **options)
 
@@ -123,11 +124,23 @@ def size_controls(mode: str, size_default: str) -> dict[str, gr.Component]:
     with gr.Row():
         controls["image_size"] = choice_input(PRESETS.image_size, PRESETS.size_choices(mode), value=size_default)
         controls["num_images"] = number_input("num_images", mode)
+    # Width and height win over any preset (the most specific wins), so they hold values only
+    # while "Custom size" is chosen; choosing it starts them at the preset that was shown.
     with gr.Row(visible=size_default == CUSTOM) as custom_row:
-        controls["width"] = number_input("width")
-        controls["height"] = number_input("height")
+        controls["width"] = number_input("width", **({} if size_default == CUSTOM else {"value": None}))
+        controls["height"] = number_input("height", **({} if size_default == CUSTOM else {"value": None}))
+    shown = gr.State(size_default)
+
+    def choose_size(choice: str, before: str, width: int | None, height: int | None):
+        if choice != CUSTOM:
+            return gr.Row(visible=False), None, None, choice
+        if width is None or height is None:  # not set with the choice (as a restore sets them)
+            width, height = PRESETS.image_sizes.get(before, (PRESETS.default("width"), PRESETS.default("height")))
+        return gr.Row(visible=True), width, height, choice
+
     controls["image_size"].change(
-        lambda choice: gr.Row(visible=choice == CUSTOM), controls["image_size"], custom_row,
+        choose_size, [controls["image_size"], shown, controls["width"], controls["height"]],
+        [custom_row, controls["width"], controls["height"], shown],
         api_visibility="private", queue=False,
     )
     return controls

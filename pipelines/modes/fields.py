@@ -152,11 +152,17 @@ class FieldReader:
         return value
 
     def size(self, image: Image.Image | None) -> tuple[int, int]:
-        """(width, height) of the output from `image_size` and, for custom, `width`/`height`;
-        with match_input, the size that follows the input image."""
+        """(width, height) of the output. The most specific wins: `width` and `height`, when
+        given, over any `image_size` (which then need not say "custom"); else the preset, or
+        with match_input the size that follows the input image."""
         default = PRESETS.modes[self.mode].image_size
         choice = self.choice("image_size", PRESETS.size_choices(self.mode), default)
-        if choice == CUSTOM:
+        given = [name for name in ("width", "height") if self.raw.get(name) is not None]
+        if len(given) == 1:
+            missing = "height" if given == ["width"] else "width"
+            self.fail(missing, f"{missing} is required with {given[0]}: give both, or neither to use image_size")
+            return (0, 0)
+        if given or choice == CUSTOM:
             width, height = self.side("width"), self.side("height")
             return (width or 0, height or 0)
         if choice in PRESETS.image_sizes:
