@@ -137,10 +137,16 @@ def test_a_queued_kontext_edit_fetches_its_url_and_returns_data_uris_in_sync_mod
     assert url.startswith("data:image/png;base64,") and image_of(url).size == (384, 256)
 
 
-def test_cancel_a_queued_and_a_running_job(fal):
-    running, queued = fal.submit(APP, SLOW), fal.submit(APP, QUICK)
+def test_cancel_a_queued_and_a_running_job(fal, base_url):
+    running = fal.submit(APP, SLOW)
     wait_until(lambda: isinstance(running.status(), fal.InProgress))
+    submitted = requests.post(f"{base_url}queue/{APP}", json=QUICK, timeout=10).json()
+    assert submitted["status"] == "IN_QUEUE" and submitted["queue_position"] == 0
+    queued = fal.sync_client.get_handle(APP, submitted["request_id"])
+    assert (queued.response_url, queued.status_url, queued.cancel_url) == (
+        submitted["response_url"], submitted["status_url"], submitted["cancel_url"])  # as the client builds them
     assert queued.status() == fal.Queued(position=0)
+    assert requests.get(running.status_url, timeout=10).status_code == 202  # fal's, until COMPLETED
     not_ready = requests.get(running.response_url, timeout=10)
     assert not_ready.status_code == 400 and "still in progress" in not_ready.json()["detail"]
 
@@ -217,6 +223,16 @@ def test_bad_input_is_refused_in_fals_shape_before_anything_is_queued(fal, base_
     streamed = requests.post(base_url + "fal-ai/flux/dev/stream", json={"prompt": ""}, timeout=10)
     assert streamed.status_code == 422 and streamed.json()["detail"][0]["loc"] == ["body", "prompt"]
     assert fal_jobs() == before and playground.queue.counts() == {"waiting": 0, "running": 0}
+
+
+def test_every_fal_app_has_a_queue_and_a_stream_route(base_url):
+    from rest.fal_api import ROUTES
+
+    for path in ROUTES:
+        for route in (f"queue/fal-ai{path}", f"fal-ai{path}/stream"):
+            response = requests.post(base_url + route, json={"prompt": ""}, timeout=10)
+            assert response.status_code == 422, (route, response.text)  # validated, not unknown
+            assert response.json()["detail"][0]["loc"][-1] in ("prompt", "image_url")  # what each app needs first
 
 
 def test_unknown_apps_and_requests_are_404(fal):
