@@ -1,8 +1,8 @@
 """The hosted FLUX APIs' request shapes, served beside the playground by the same process.
 
-OpenAI Images (`/v1`), RunPod (`/v2`) and fal (`/fal-ai`, its queue `/queue/fal-ai`) adapters all validate with
-presets/, run through the same `Playground` (one manager, one accelerator lock) and serve
-their images from the same result store under `/results/{id}`.
+OpenAI Images (`/v1`), RunPod (`/v2`) and fal (`/fal-ai`, its queue `/queue/fal-ai`) adapters
+all validate with presets/, run through the same `Playground` (one manager, one accelerator
+lock) and serve their images from the same result store under `/results/{id}`.
 """
 
 from __future__ import annotations
