@@ -1,8 +1,8 @@
 """The hosted FLUX APIs' request shapes, served beside the playground by the same process.
 
-OpenAI Images (`/v1`), RunPod (`/v2`) and fal (`/fal-ai`) adapters all validate with
-presets/, run through the same `Playground` (one manager, one accelerator lock) and serve
-their images from the same result store under `/results/{id}`.
+OpenAI Images (`/v1`), RunPod (`/v2`) and fal (`/fal-ai`, its queue `/queue/fal-ai`) adapters
+all validate with presets/, run through the same `Playground` (one manager, one accelerator
+lock) and serve their images from the same result store under `/results/{id}`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pipelines.imaging.images import MIME_TYPES
 from pipelines.jobs.runner import JobRunner
 from pipelines.service import Playground
-from rest import fal_api, openai_api, runpod_api
+from rest import fal_api, fal_queue, openai_api, runpod_api
 from rest.common import RestSettings
 
 
@@ -74,7 +74,7 @@ def add_rest_api(app: FastAPI, playground: Playground, settings: RestSettings, j
     The async APIs keep their jobs in `jobs`' durable store. With `settings.api_key`, every API
     route asks for it; result URLs stay capability URLs (random ids), so that image links work
     where they are handed on."""
-    for module in (openai_api, runpod_api, fal_api):
+    for module in (openai_api, runpod_api, fal_api, fal_queue):  # fal_queue last: its unknown-app catch-all
         app.include_router(module.create_router(playground, settings, jobs),
                            dependencies=[Depends(api_key_check(settings.api_key))])
     app.add_exception_handler(RequestValidationError, body_error)

@@ -86,9 +86,14 @@ async def run_request(playground: Playground, mode: str, raw: dict[str, Any], ht
     return await run_in_threadpool(playground.execute, parsed, arrival_time(http.scope), None, cancel)
 
 
+def base_url(http: Request, settings: RestSettings) -> str:
+    """Where clients reach this server, without the trailing slash: `public_url`, else the
+    request's own base."""
+    return (settings.public_url or str(http.base_url)).rstrip("/")
+
+
 def result_url(http: Request, settings: RestSettings, result_id: str) -> str:
-    base = settings.public_url or str(http.base_url)
-    return f"{base.rstrip('/')}/results/{result_id}"
+    return f"{base_url(http, settings)}/results/{result_id}"
 
 
 def drop_none(values: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """fal-style endpoints: `POST /fal-ai/flux/dev` and its image-to-image, Redux and Kontext
 siblings, and the `flux-lora` family (LoRAs by path and scale, inpainting, Canny and Depth
 control), with fal's request fields, defaults (jpeg, guidance 3.5, landscape_4_3) and response
-(`images`, `seed`, `has_nsfw_concepts`, `prompt`, `timings`)."""
+(`images`, `seed`, `has_nsfw_concepts`, `prompt`, `timings`).
+
+A body becomes a request in one place, `parse_body`, and a result becomes fal's response in
+one place, `fal_response`: the queue and streaming routes (`fal_queue.py`) use both.
+"""
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -14,9 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.errors import FieldError
-from pipelines.service import GenerationError, GenerationResult, ServerBusy
-from rest.common import RestSettings, drop_none, rename_field, result_url, run_request
+from pipelines.jobs.runner import result_summary
+from pipelines.modes.request_types import GenerationRequest
+from pipelines.outputs.results import ResultStore
+from pipelines.service import GenerationError, ServerBusy
+from rest.arrival import arrival_time
+from rest.common import RestSettings, data_uri, drop_none, rename_field, result_url
 from rest.inputs import load_image_input
+
+APP_OWNER = "fal-ai"  # fal's apps are named owner/alias[/path]: fal-ai/flux/dev/image-to-image
 
 # Our field names in fal's vocabulary, for error messages.
 FIELD_NAMES = {"image": "image_url", "mask_image": "mask_url", "width": "image_size", "height": "image_size",
@@ -51,9 +60,19 @@ class FalBody(BaseModel):
                                            "loaded on first use from its path (a URL or a hub repository)")
 
 
-def fal_error(field: str, message: str, status: int = 422) -> JSONResponse:
+def fal_errors(problems: list[tuple[str, str]], status: int = 422) -> JSONResponse:
+    """fal's error body: each (field, message) problem located in the request body."""
     return JSONResponse(status_code=status, content={
-        "detail": [{"loc": ["body", field], "msg": message, "type": "value_error"}]})
+        "detail": [{"loc": ["body", field], "msg": message, "type": "value_error"} for field, message in problems]})
+
+
+def fal_error(field: str, message: str, status: int = 422) -> JSONResponse:
+    return fal_errors([(field, message)], status)
+
+
+def field_errors(error: FieldError) -> JSONResponse:
+    """Every problem of a request, each in fal's names."""
+    return fal_errors([rename_field(problem, FIELD_NAMES) for problem in error.problems])
 
 
 def raw_fields(body: FalBody, mode: str, defaults: dict[str, Any], settings: RestSettings) -> dict[str, Any]:
@@ -86,18 +105,24 @@ def lora_names(playground, loras: list[LoraWeight]) -> list[tuple[str, float]]:
     return pairs
 
 
-def fal_response(result: GenerationResult, sync_mode: bool, http: Request, settings: RestSettings) -> dict:
-    images = []
-    for image in result.images:
-        if sync_mode:
-            url = f"data:{image.content_type};base64,{base64.b64encode(image.file.read_bytes()).decode()}"
-        else:
-            url = result_url(http, settings, image.result_id)
-        images.append({"url": url, "width": image.width, "height": image.height,
-                       "content_type": image.content_type})
-    return {"images": images, "timings": {"inference": result.executed_ms / 1000}, "seed": result.request.seed,
-            "has_nsfw_concepts": result.has_nsfw_concepts, "prompt": result.request.prompt,
-            "warnings": result.info["warnings"]}
+def image_url(image: dict[str, Any], sync_mode: bool, http: Request, settings: RestSettings,
+              store: ResultStore) -> str:
+    """A result image as fal hands it out: a data URI with sync_mode, else its URL here."""
+    path = store.path(image["result_id"]) if sync_mode else None
+    if path is None:
+        return result_url(http, settings, image["result_id"])
+    return data_uri(path.read_bytes(), image["content_type"])
+
+
+def fal_response(summary: dict[str, Any], sync_mode: bool, http: Request, settings: RestSettings,
+                 store: ResultStore) -> dict[str, Any]:
+    """fal's response, from a result's summary (`result_summary`): the sync routes' answer, the
+    queue's result and the stream's last event alike."""
+    images = [{"url": image_url(image, sync_mode, http, settings, store), "width": image["width"],
+               "height": image["height"], "content_type": image["content_type"]} for image in summary["images"]]
+    return {"images": images, "timings": {"inference": summary["executed_ms"] / 1000}, "seed": summary["seed"],
+            "has_nsfw_concepts": [image["has_nsfw_concepts"] for image in summary["images"]],
+            "prompt": summary["prompt"], "warnings": summary["warnings"]}
 
 
 # Each route: the mode it runs and fal's defaults for it.
@@ -115,29 +140,42 @@ ROUTES = {
 }
 
 
-def create_router(playground, settings: RestSettings, jobs=None) -> APIRouter:
-    router = APIRouter(prefix="/fal-ai", tags=["fal-style endpoints"])
+def app_id(path: str) -> str:
+    """A route's fal app id: "/flux/dev" -> "fal-ai/flux/dev"."""
+    return APP_OWNER + path
 
-    def add_route(path: str, mode: str, defaults: dict[str, Any]) -> None:
+
+def parse_body(playground, settings: RestSettings, path: str, body: FalBody) -> tuple[dict[str, Any],
+                                                                                     GenerationRequest]:
+    """The one way a fal body becomes a request, for the sync, queue and stream routes alike:
+    (raw fields, validated request), with the route's defaults and its LoRAs loaded. Raises
+    FieldError. Blocking (it may fetch image URLs and LoRAs): call it off the event loop."""
+    mode, defaults = ROUTES[path]
+    raw = raw_fields(body, mode, defaults, settings)
+    if body.loras:
+        raw["loras"] = lora_names(playground, body.loras)
+    return raw, playground.parse(mode, raw)
+
+
+def create_router(playground, settings: RestSettings, jobs=None) -> APIRouter:
+    router = APIRouter(prefix=f"/{APP_OWNER}", tags=["fal-style endpoints"])
+
+    def add_route(path: str, mode: str) -> None:
         async def handle(body: FalBody, http: Request):
             try:
-                raw = raw_fields(body, mode, defaults, settings)
-                if body.loras:
-                    raw["loras"] = await run_in_threadpool(lora_names, playground, body.loras)
-                result = await run_request(playground, mode, raw, http)
-            except FieldError as error:  # every problem, each in fal's names
-                return JSONResponse(status_code=422, content={"detail": [
-                    {"loc": ["body", field], "msg": message, "type": "value_error"}
-                    for field, message in (rename_field(problem, FIELD_NAMES) for problem in error.problems)]})
+                _, request = await run_in_threadpool(parse_body, playground, settings, path, body)
+                result = await run_in_threadpool(playground.execute, request, arrival_time(http.scope))
+            except FieldError as error:
+                return field_errors(error)
             except ServerBusy as error:
                 return fal_error("body", str(error), status=503)
             except GenerationError as error:
                 return fal_error("body", str(error), status=500)
-            return fal_response(result, body.sync_mode, http, settings)
+            return fal_response(result_summary(result), body.sync_mode, http, settings, playground.store)
 
         handle.__doc__ = f"{mode.replace('_', ' ').capitalize()} with fal's request and response shape."
         router.add_api_route(path, handle, methods=["POST"], name=f"fal{path.replace('/', '_')}")
 
-    for path, (mode, defaults) in ROUTES.items():
-        add_route(path, mode, defaults)
+    for path, (mode, _) in ROUTES.items():
+        add_route(path, mode)
     return router

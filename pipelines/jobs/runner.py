@@ -181,7 +181,9 @@ class JobRunner:
     # -- running -----------------------------------------------------------------------------
 
     def _start(self, record: JobRecord, request: GenerationRequest, ticket) -> None:
-        live = LiveJob()
+        # Its place is known now, before its thread first reports it: an API may answer with it at once.
+        ahead = self.playground.queue.position(ticket)
+        live = LiveJob(place=(ahead, None) if ahead is not None else None)
         with self._lock:
             self._live[record.id] = live
         threading.Thread(target=self._run, args=(record, request, ticket, live), daemon=True,
