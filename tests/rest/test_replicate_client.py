@@ -218,6 +218,15 @@ def test_bad_input_is_refused_before_anything_is_queued(api, playground, base_ur
     assert len(api.predictions.list().results) == before and playground.queue.counts()["waiting"] == 0
 
 
+def test_a_full_line_is_429_and_nothing_is_queued(api, playground, monkeypatch):
+    before = len(api.predictions.list().results)
+    monkeypatch.setattr(playground.queue, "max_waiting", 0)
+    with pytest.raises(ReplicateError) as refused:
+        api.predictions.create(model=DEV, input=QUICK)
+    assert refused.value.status == 429 and "busy" in refused.value.detail
+    assert len(api.predictions.list().results) == before
+
+
 def test_unknown_model_version_and_prediction_are_refused(api, base_url):
     with pytest.raises(ReplicateError) as unknown_run:
         api.run("black-forest-labs/flux-pro", input=QUICK)
