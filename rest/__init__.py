@@ -1,8 +1,9 @@
 """The hosted FLUX APIs' request shapes, served beside the playground by the same process.
 
-OpenAI Images (`/v1`), RunPod (`/v2`) and fal (`/fal-ai`, its queue `/queue/fal-ai`) adapters
-all validate with presets/, run through the same `Playground` (one manager, one accelerator
-lock) and serve their images from the same result store under `/results/{id}`.
+OpenAI Images (`/v1`), Replicate's predictions (`/v1` too), RunPod (`/v2`) and fal (`/fal-ai`,
+its queue `/queue/fal-ai`) adapters all validate with presets/, run through the same
+`Playground` (one manager, one line in front of the accelerator) and serve their images from
+the same result store under `/results/{id}`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pipelines.imaging.images import MIME_TYPES
 from pipelines.jobs.runner import JobRunner
 from pipelines.service import Playground
-from rest import fal_api, fal_queue, openai_api, runpod_api
+from rest import fal_api, fal_queue, openai_api, replicate_api, runpod_api
 from rest.common import RestSettings
 
 
@@ -26,10 +27,10 @@ class Unauthorized(Exception):
 
 
 def supplied_key(http: Request) -> str:
-    """The key from `Authorization: Bearer …` (OpenAI, RunPod), `Authorization: Key …` (fal)
-    or `X-API-Key`."""
+    """The key from `Authorization: Bearer …` (OpenAI, RunPod, Replicate), `Authorization: Key …`
+    (fal), `Authorization: Token …` (Replicate's older clients) or `X-API-Key`."""
     scheme, _, value = http.headers.get("authorization", "").partition(" ")
-    if scheme.lower() in ("bearer", "key") and value:
+    if scheme.lower() in ("bearer", "key", "token") and value:
         return value.strip()
     return http.headers.get("x-api-key", "")
 
@@ -45,6 +46,10 @@ def api_key_check(api_key: str | None):
 def api_error(http: Request, status: int, message: str, field: str | None = None) -> JSONResponse:
     """An error in the shape of the API that was called."""
     path = http.url.path
+    if replicate_api.is_replicate_path(path):
+        return replicate_api.replicate_error(status, message)
+    if replicate_api.is_model_path(path):
+        return replicate_api.both_shapes_error(status, message, field)
     if path.startswith("/v1/"):
         return openai_api.openai_error(status, message, field)
     if path.startswith("/v2/"):
@@ -64,6 +69,8 @@ def body_error(http: Request, error: RequestValidationError) -> JSONResponse:
     message = f"{field}: {first['msg']}"
     if http.url.path.startswith("/v2/"):
         message = f"Invalid parameter: {message}"
+    if replicate_api.is_replicate_path(http.url.path):
+        return api_error(http, 422, f"- {message}", field)
     if http.url.path.startswith(("/v1/", "/v2/")):
         return api_error(http, 400, message, field)
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(problems)})
@@ -74,7 +81,7 @@ def add_rest_api(app: FastAPI, playground: Playground, settings: RestSettings, j
     The async APIs keep their jobs in `jobs`' durable store. With `settings.api_key`, every API
     route asks for it; result URLs stay capability URLs (random ids), so that image links work
     where they are handed on."""
-    for module in (openai_api, runpod_api, fal_api, fal_queue):  # fal_queue last: its unknown-app catch-all
+    for module in (openai_api, replicate_api, runpod_api, fal_api, fal_queue):  # fal_queue last: its unknown-app catch-all
         app.include_router(module.create_router(playground, settings, jobs),
                            dependencies=[Depends(api_key_check(settings.api_key))])
     app.add_exception_handler(RequestValidationError, body_error)

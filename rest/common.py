@@ -23,12 +23,12 @@ JOB_POLL_SECONDS = 0.05
 # The names each hosted API uses for the three models, and the repository each means.
 MODEL_ALIASES = {
     "dev": ("flux.1-dev", "flux-dev", "flux-1-dev", "black-forest-labs/flux.1-dev",
-            "black-forest-labs-flux-1-dev", "fal-ai/flux/dev"),
+            "black-forest-labs-flux-1-dev", "fal-ai/flux/dev", "black-forest-labs/flux-dev"),
     "kontext": ("flux.1-kontext-dev", "flux-kontext-dev", "flux-1-kontext-dev",
                 "black-forest-labs/flux.1-kontext-dev", "black-forest-labs-flux-1-kontext-dev",
-                "fal-ai/flux-kontext/dev"),
+                "fal-ai/flux-kontext/dev", "black-forest-labs/flux-kontext-dev"),
     "redux": ("flux.1-redux-dev", "flux-redux-dev", "flux-1-redux-dev", "black-forest-labs/flux.1-redux-dev",
-              "black-forest-labs-flux-1-redux-dev", "fal-ai/flux/dev/redux"),
+              "black-forest-labs-flux-1-redux-dev", "fal-ai/flux/dev/redux", "black-forest-labs/flux-redux-dev"),
 }
 # The mode a model runs when the API does not say otherwise.
 MODEL_MODES = {"dev": "text_to_image", "kontext": "kontext_edit", "redux": "redux_variation"}
@@ -86,14 +86,18 @@ async def run_request(playground: Playground, mode: str, raw: dict[str, Any], ht
     return await run_in_threadpool(playground.execute, parsed, arrival_time(http.scope), None, cancel)
 
 
-def base_url(http: Request, settings: RestSettings) -> str:
-    """Where clients reach this server, without the trailing slash: `public_url`, else the
-    request's own base."""
+def public_base(http: Request, settings: RestSettings) -> str:
+    """The base of the URLs this server hands out (no trailing slash): `--public-url`, else the
+    request's own."""
     return (settings.public_url or str(http.base_url)).rstrip("/")
 
 
 def result_url(http: Request, settings: RestSettings, result_id: str) -> str:
-    return f"{base_url(http, settings)}/results/{result_id}"
+    return result_url_at(public_base(http, settings), result_id)
+
+
+def result_url_at(base: str, result_id: str) -> str:
+    return f"{base}/results/{result_id}"
 
 
 def drop_none(values: dict[str, Any]) -> dict[str, Any]:

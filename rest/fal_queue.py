@@ -30,7 +30,7 @@ from pipelines.errors import FieldError, ServerBusy
 from pipelines.jobs.runner import JobRunner, StepEvent
 from pipelines.jobs.store import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, JobRecord
 from rest.arrival import arrival_time
-from rest.common import JOB_POLL_SECONDS, RestSettings, base_url, data_uri, drop_none
+from rest.common import JOB_POLL_SECONDS, RestSettings, data_uri, drop_none, public_base
 from rest.fal_api import APP_OWNER, ROUTES, FalBody, app_id, fal_error, fal_response, field_errors, parse_body
 
 API = "fal"
@@ -112,7 +112,7 @@ def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRou
             return fal_error("body", str(error), status=503)
 
     def request_url(record: JobRecord, http: Request) -> str:
-        return f"{base_url(http, settings)}/queue/{APP_OWNER}/{app_alias(record.route)}/requests/{record.id}"
+        return f"{public_base(http, settings)}/queue/{APP_OWNER}/{app_alias(record.route)}/requests/{record.id}"
 
     def add_app(path: str) -> None:
         async def enqueue(body: FalBody, http: Request):

@@ -1,4 +1,5 @@
-"""The OpenAI Images API: `POST /v1/images/generations`, `POST /v1/images/edits`, `GET /v1/models`.
+"""The OpenAI Images API: `POST /v1/images/generations`, `POST /v1/images/edits`, `GET /v1/models`
+and `GET /v1/models/{id}`.
 
 The official `openai` SDK works against it unchanged (`OpenAI(base_url=".../v1")`). FLUX
 extras (`guidance_scale`, `num_inference_steps`, `negative_prompt`, `seed`, ...) go in the
@@ -40,9 +41,25 @@ ONE_MEGAPIXEL = 1024 * 1024
 EDIT_MODES = {"kontext": "kontext_edit", "dev": "image_to_image", "redux": "redux_variation"}
 
 
+def openai_error_body(message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+
 def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={
-        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}})
+    return JSONResponse(status_code=status, content=openai_error_body(message, param, code))
+
+
+def model_object(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "black-forest-labs"}
+
+
+def model_response(model_id: str) -> dict[str, Any] | JSONResponse:
+    """OpenAI's model object for any of our names (as asked for), or its 404."""
+    try:
+        resolve_model(model_id)
+    except UnknownModel as error:
+        return openai_error(404, str(error), "model", "model_not_found")
+    return model_object(model_id)
 
 
 class ImageGenerationBody(BaseModel):
@@ -168,9 +185,13 @@ def create_router(playground, settings: RestSettings, jobs=None) -> APIRouter:
     @router.get("/models")
     def list_models() -> dict:
         """The models this server serves, under their OpenAI-compatible ids."""
-        return {"object": "list", "data": [
-            {"id": aliases[0], "object": "model", "created": 0, "owned_by": "black-forest-labs"}
-            for aliases in MODEL_ALIASES.values()]}
+        return {"object": "list", "data": [model_object(aliases[0]) for aliases in MODEL_ALIASES.values()]}
+
+    @router.get("/models/{model_id}")
+    def retrieve_model(model_id: str):
+        """One model, under any of its names (OpenAI `models.retrieve`). Names with a slash
+        (black-forest-labs/FLUX.1-dev) are answered by `GET /v1/models/{owner}/{name}`."""
+        return model_response(model_id)
 
     @router.post("/images/generations")
     async def create_image(body: ImageGenerationBody, http: Request):

@@ -27,7 +27,9 @@ from rest.common import (
     data_uri,
     drop_none,
     first_error,
+    public_base,
     resolve_model,
+    result_url_at,
     wait_for_job,
 )
 from rest.inputs import load_image_input
@@ -84,9 +86,9 @@ def raw_fields(model: str, values: dict[str, Any], settings: RestSettings) -> di
     return raw
 
 
-def render_output(summary: dict[str, Any], base_url: str) -> dict[str, Any]:
+def render_output(summary: dict[str, Any], base: str) -> dict[str, Any]:
     """RunPod's `output`: the image URL and a cost, which is 0 on your own hardware."""
-    return {"image_url": f"{base_url.rstrip('/')}/results/{summary['images'][0]['result_id']}", "cost": 0.0,
+    return {"image_url": result_url_at(base, summary["images"][0]["result_id"]), "cost": 0.0,
             "seed": summary["seed"], "has_nsfw_concepts": [image["has_nsfw_concepts"] for image in summary["images"]],
             "warnings": summary["warnings"]}
 
@@ -127,9 +129,6 @@ def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRou
             names = FIELD_NAMES if model == "dev" else KONTEXT_FIELD_NAMES
             return failed(400, f"Invalid parameter: {first_error(error, names)[1]}")
 
-    def base_url(http: Request) -> str:
-        return settings.public_url or str(http.base_url)
-
     def submit(model_name: str, body: RunBody, http: Request, id_prefix: str = ""):
         prepared = prepare(model_name, body)
         if isinstance(prepared, JSONResponse):
@@ -150,7 +149,7 @@ def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRou
                          "retention)"})
         state = {"id": record.id, "status": STATUS_WORDS[record.status], **timings_ms(record), "workerId": "local"}
         if record.status == "completed":
-            state["output"] = render_output(record.result, base_url(http))
+            state["output"] = render_output(record.result, public_base(http, settings))
         if record.error is not None:
             state["error"] = record.error
         return state

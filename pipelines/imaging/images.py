@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import FieldError
 from presets import PRESETS
@@ -63,6 +63,13 @@ def size_at_area(width: int, height: int, area: int, multiple: int) -> tuple[int
         floor_to_multiple(math.sqrt(area * aspect), multiple),
         floor_to_multiple(math.sqrt(area / aspect), multiple),
     )
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is shown, read from its header: EXIF orientations 5-8
+    turn it a quarter turn (what `to_rgb` does to it when it is decoded)."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8) else (width, height)
 
 
 def kontext_size(width: int, height: int) -> tuple[int, int]:

@@ -137,6 +137,12 @@ class JobStore:
             rows = self._db.execute(query + " ORDER BY seq", values).fetchall()
         return [from_row(row) for row in rows]
 
+    def recent(self, api: str, limit: int = 100) -> list[JobRecord]:
+        """An API's jobs, newest first, at most `limit` (Replicate's prediction list)."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE api = ? ORDER BY seq DESC LIMIT ?", (api, limit)).fetchall()
+        return [from_row(row) for row in rows]
+
     def counts(self, api: str, route: str | None = None) -> dict[str, int]:
         """Jobs of an API (or one of its routes) by status, and how many were run again
         after a restart ("retried")."""

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from pipelines.errors import FieldError
-from pipelines.imaging.images import load_input_image, to_rgb
+from pipelines.imaging.images import load_input_image, to_rgb, upright_size
 from presets import PRESETS
 
 MIN_SIDE, MAX_PIXELS = PRESETS.input_min_side, PRESETS.input_max_pixels
@@ -195,6 +195,7 @@ def half_red_jpeg(orientation: int) -> bytes:
 def test_exif_orientation_is_honoured(orientation, size, red_at, blue_at):
     image, warnings = load(half_red_jpeg(orientation))
     assert image.size == size and warnings == []
+    assert upright_size(Image.open(io.BytesIO(half_red_jpeg(orientation)))) == size  # from the header alone
     assert near(image.getpixel(red_at), RED, 8) and near(image.getpixel(blue_at), BLUE, 8)
     assert image.getexif().get(0x0112) in (None, 1)  # not applied twice downstream
 
