@@ -35,7 +35,10 @@ def test_numeric_parameters_have_the_type_range_and_default_of_presets(client):
             assert (parameter["type"].get("minimum"), parameter["type"].get("maximum")) == (spec.min, spec.max)
             assert described.lower().startswith(spec.describe_range()), described
             default = PRESETS.default(field, name, variant)
-            if parameter["parameter_default"] is None:  # control's guidance and steps follow control_type
+            if field in ("width", "height"):  # given, they win over image_size; else image_size decides
+                assert parameter["parameter_default"] is None
+                assert f"default {format_number(default)} with image_size custom." in described
+            elif parameter["parameter_default"] is None:  # control's guidance and steps follow control_type
                 per_type = ", ".join(f"{format_number(PRESETS.default(field, name, kind))} for {kind}"
                                      for kind in PRESETS.choices[mode.variant_field].values)
                 assert f"default by {mode.variant_field}: {per_type}." in described
@@ -102,6 +105,7 @@ def as_upload(value):
 
 def test_the_api_page_shows_the_examples_types_and_ranges(page):
     page.get_by_role("button", name=re.compile("Use via API")).click()
+    page.get_by_text("Python", exact=True).first.click()  # the page opens on its MCP tab
     page.get_by_text("API name: /control").first.wait_for()
     text = page.inner_text("body")
     assert not [generic for generic in GENERIC if generic in text]

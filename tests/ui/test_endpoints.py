@@ -123,7 +123,7 @@ def test_match_input_follows_the_input_image(client, api_name, image, expected):
 def test_api_page_lists_every_endpoint_with_snake_case_parameters(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert set(api) == {"/text_to_image", "/image_to_image", "/kontext_edit", "/redux_variation", "/inpaint",
-                        "/outpaint", "/control", "/load_lora", "/unload_lora", "/status"}
+                        "/outpaint", "/control", "/load_lora", "/unload_lora", "/list_loras", "/status"}
     names = [p["parameter_name"] for p in api["/text_to_image"]["parameters"]]
     assert names == ["prompt", "negative_prompt", "true_cfg_scale", "image_size", "width", "height",
                      "num_inference_steps", "guidance_scale", "seed", "num_images", "output_format",
