@@ -10,7 +10,7 @@ import time
 
 import pytest
 import requests
-from conftest import EXAMPLE_BIRD, REPO
+from conftest import EXAMPLE_BIRD, REPO, image_at, wait_until
 from PIL import Image, ImageStat
 
 from pipelines.jobs.store import JobStore
@@ -33,12 +33,6 @@ def image_of(data: bytes) -> Image.Image:
     return image
 
 
-def image_at(url: str) -> Image.Image:
-    response = requests.get(url, timeout=30)
-    response.raise_for_status()
-    return image_of(response.content)
-
-
 def assert_drawn(image: Image.Image) -> None:
     """A generated picture, not a flat fill (an empty or blacked-out result)."""
     assert max(ImageStat.Stat(image.convert("RGB")).stddev) > 1
@@ -50,18 +44,11 @@ def bird_data_uri() -> str:
 
 def poll(api: str, generation_id: str, seconds: float = 120) -> dict:
     """Poll a generation until it reaches a terminal status, as Oxen's model pages do."""
-    deadline = time.monotonic() + seconds
-    while (data := requests.get(f"{api}/ai/queue/{generation_id}", timeout=10).json())["status"] not in TERMINAL:
-        assert time.monotonic() < deadline, f"still {data['status']}"
-        time.sleep(0.1)
-    return data
+    def finished() -> dict | None:
+        data = requests.get(f"{api}/ai/queue/{generation_id}", timeout=10).json()
+        return data if data["status"] in TERMINAL else None
 
-
-def wait_until(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    return wait_until(finished, seconds)
 
 
 def job_counts(playground) -> dict[str, int]:
