@@ -1,9 +1,9 @@
 """The hosted FLUX APIs' request shapes, served beside the playground by the same process.
 
-OpenAI Images (`/v1`), Replicate's predictions (`/v1` too), RunPod (`/v2`) and fal (`/fal-ai`,
-its queue `/queue/fal-ai`) adapters all validate with presets/, run through the same
-`Playground` (one manager, one line in front of the accelerator) and serve their images from
-the same result store under `/results/{id}`.
+OpenAI Images (`/v1`), Replicate's predictions (`/v1` too), RunPod (`/v2`), fal (`/fal-ai`,
+its queue `/queue/fal-ai`) and Oxen.ai (`/api`) adapters all validate with presets/, run
+through the same `Playground` (one manager, one line in front of the accelerator) and serve
+their images from the same result store under `/results/{id}`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pipelines.imaging.images import MIME_TYPES
 from pipelines.jobs.runner import JobRunner
 from pipelines.service import Playground
-from rest import fal_api, fal_queue, openai_api, replicate_api, runpod_api
+from rest import fal_api, fal_queue, openai_api, oxen_api, replicate_api, runpod_api
 from rest.common import RestSettings
 
 
@@ -54,6 +54,8 @@ def api_error(http: Request, status: int, message: str, field: str | None = None
         return openai_api.openai_error(status, message, field)
     if path.startswith("/v2/"):
         return runpod_api.failed(status, message)
+    if path.startswith("/api/"):
+        return oxen_api.oxen_error(status, message, field)
     return JSONResponse(status_code=status, content={"detail": message})
 
 
@@ -71,7 +73,7 @@ def body_error(http: Request, error: RequestValidationError) -> JSONResponse:
         message = f"Invalid parameter: {message}"
     if replicate_api.is_replicate_path(http.url.path):
         return api_error(http, 422, f"- {message}", field)
-    if http.url.path.startswith(("/v1/", "/v2/")):
+    if http.url.path.startswith(("/v1/", "/v2/", "/api/")):
         return api_error(http, 400, message, field)
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(problems)})
 
@@ -81,7 +83,8 @@ def add_rest_api(app: FastAPI, playground: Playground, settings: RestSettings, j
     The async APIs keep their jobs in `jobs`' durable store. With `settings.api_key`, every API
     route asks for it; result URLs stay capability URLs (random ids), so that image links work
     where they are handed on."""
-    for module in (openai_api, replicate_api, runpod_api, fal_api, fal_queue):  # fal_queue last: its unknown-app catch-all
+    # fal_queue last: its unknown-app catch-all
+    for module in (openai_api, replicate_api, runpod_api, fal_api, oxen_api, fal_queue):
         app.include_router(module.create_router(playground, settings, jobs),
                            dependencies=[Depends(api_key_check(settings.api_key))])
     app.add_exception_handler(RequestValidationError, body_error)

@@ -137,10 +137,24 @@ class JobStore:
             rows = self._db.execute(query + " ORDER BY seq", values).fetchall()
         return [from_row(row) for row in rows]
 
-    def recent(self, api: str, limit: int = 100) -> list[JobRecord]:
-        """An API's jobs, newest first, at most `limit` (Replicate's prediction list)."""
+    def recent(self, api: str, limit: int = 100, route: str | None = None,
+               statuses: tuple[str, ...] | None = None) -> list[JobRecord]:
+        """An API's jobs (of one route, in some states, where given), newest first, at most `limit`
+        (Replicate's prediction list, Oxen's generation list)."""
+        query, values = "SELECT * FROM jobs WHERE api = ?", [api]
+        if route is not None:
+            query, values = query + " AND route = ?", [*values, route]
+        if statuses is not None:
+            query, values = query + f" AND status IN ({', '.join('?' * len(statuses))})", [*values, *statuses]
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE api = ? ORDER BY seq DESC LIMIT ?", (api, limit)).fetchall()
+            rows = self._db.execute(query + " ORDER BY seq DESC LIMIT ?", [*values, limit]).fetchall()
+        return [from_row(row) for row in rows]
+
+    def finished_since(self, api: str, since: float) -> list[JobRecord]:
+        """An API's jobs that finished at or after this unix time, in the order they finished."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE api = ? AND finished_at >= ? ORDER BY finished_at",
+                                    (api, since)).fetchall()
         return [from_row(row) for row in rows]
 
     def counts(self, api: str, route: str | None = None) -> dict[str, int]:
