@@ -36,6 +36,7 @@ from rest.arrival import ArrivalStamp
 from rest.common import RestSettings
 from ui import build_ui
 from ui.gradio_queue import poll_queue_calmly
+from ui.mcp import send_galleries_as_images
 
 log = logging.getLogger("flux_playground")
 PAGE_CSS = str(Path(__file__).resolve().parent / "ui" / "page.css")
@@ -149,7 +150,8 @@ def logins(auth: str | None) -> list[tuple[str, str]] | None:
 
 
 def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
-    """One process, one manager: the REST APIs and the Gradio page and API on one FastAPI app."""
+    """One process, one manager: the REST APIs, the Gradio page and API, and the MCP server
+    (`/gradio_api/mcp/`) on one FastAPI app."""
     missing = [name for name in MODES if name not in PRESETS.modes]
     if missing:  # a mode declared in the table needs its entry in the parameter file
         raise SystemExit(f"FLUX Playground: {PARAMETERS_FILE} has no [modes.{missing[0]}] entry; every mode of "
@@ -181,7 +183,9 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     # Results are served by id; the history index (every prompt) is not served at all.
     app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(store.folder)],
                               blocked_paths=[str(store.index_path)], auth=logins(args.auth),
-                              max_file_size=max_bytes, enable_monitoring=args.monitoring, css_paths=[PAGE_CSS])
+                              max_file_size=max_bytes, enable_monitoring=args.monitoring, css_paths=[PAGE_CSS],
+                              mcp_server=True)
+    send_galleries_as_images(demo)
     return app, playground
 
 

@@ -251,3 +251,26 @@ def pytest_runtest_makereport(item, call):
         except Exception:  # the browser may be what failed
             pass
     return report
+
+
+def image_at(url: str):
+    """The image a URL serves, decoded (its format kept)."""
+    import io
+
+    import requests
+    from PIL import Image
+
+    response = requests.get(url, timeout=30)
+    response.raise_for_status()
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    return image
+
+
+def wait_until(condition, seconds: float = 60):
+    """Poll `condition()` until it is truthy (its value) or `seconds` pass (a failure)."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {seconds} s"
+        time.sleep(0.05)
+    return value

@@ -76,8 +76,10 @@ def parameter_description(mode: Mode, variant: str | None, name: str) -> str:
     if name in PRESETS.fields:
         spec = PRESETS.field(name, mode.name)
         accepts = spec.describe_range()
-        if name in ("width", "height"):
-            accepts += f", a multiple of {PRESETS.size_multiple}, used when image_size is {CUSTOM}"
+        if name in ("width", "height"):  # the most specific wins: explicit sides over a preset
+            other = "height" if name == "width" else "width"
+            return sentence(f"{accepts}, a multiple of {PRESETS.size_multiple}; given with {other}, the two win "
+                            f"over image_size; {default_text(mode, variant, name)} with image_size {CUSTOM}")
         return sentence(f"{accepts}; {default_text(mode, variant, name)}", spec.info)
     if name in PRESETS.flags:
         flag = PRESETS.flags[name]

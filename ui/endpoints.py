@@ -20,6 +20,7 @@ import gradio as gr
 
 from pipelines.errors import FieldError
 from pipelines.imaging.previews import preview_image, should_preview
+from pipelines.loras.sources import available_loras
 from pipelines.modes.request_types import GenerationRequest, ServerCapabilities
 from pipelines.modes.table import MODES, Mode
 from pipelines.service import GenerationCancelled, GenerationError, Playground, ServerBusy
@@ -287,9 +288,9 @@ def _execute(playground: Playground, request, ticket, events: queue.Queue, cance
         events.put(("done", error))
 
 
-def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
-    """The `/load_lora` and `/unload_lora` endpoints; each returns the loaded LoRAs, or raises
-    gr.Error saying what to do. Their type hints are their API's (`gr.api`)."""
+def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable, Callable]:
+    """The `/load_lora`, `/unload_lora` and `/list_loras` endpoints; the first two return the
+    loaded LoRAs, or raise gr.Error saying what to do. Their type hints are their API's (`gr.api`)."""
 
     def load_lora(source: str, name: str | None = None) -> dict[str, Any]:
         """Load a LoRA onto the FLUX.1 [dev] transformer: a hub repository (user/repo or
@@ -314,7 +315,12 @@ def make_lora_endpoints(playground: Playground) -> tuple[Callable, Callable]:
             raise gr.Error(str(error), title="LoRA not unloaded") from None
         return playground.manager.loras.status()
 
-    return load_lora, unload_lora
+    def list_loras() -> dict[str, Any]:
+        """The LoRAs loaded on the FLUX.1 [dev] transformer (by name, with source, rank and size),
+        and the files in the server's LoRA folders that `load_lora` takes by name."""
+        return {"loaded": playground.manager.loras.status(), "available": available_loras(playground.lora_sources)}
+
+    return load_lora, unload_lora, list_loras
 
 
 def restorable_values(mode: str, parameters: dict[str, Any]) -> dict[str, Any]:

@@ -252,10 +252,11 @@ def lora_tab(playground: Playground) -> None:
             loaded_names = Dropdown(sorted(playground.manager.loras.names()), label="Loaded LoRA", scale=3)
             unload = gr.Button("Unload", scale=1)
         loaded = gr.JSON(label="Loaded LoRAs", value=playground.manager.loras.status(), elem_id="loaded-loras")
-        load_lora, unload_lora = make_lora_endpoints(playground)
+        load_lora, unload_lora, list_loras = make_lora_endpoints(playground)
         # The API is the endpoints themselves; the page's events (below) are private.
         for endpoint in (load_lora, unload_lora):
             gr.api(endpoint, api_name=endpoint.__name__, concurrency_id="loras", concurrency_limit=1)
+        gr.api(list_loras, api_name="list_loras", queue=False)
 
     def on_page(endpoint, done):
         """The endpoint as the page runs it: the outcome in words; a failure leaves the list as it was

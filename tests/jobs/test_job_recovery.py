@@ -6,16 +6,12 @@ at the app), replicate."""
 
 from __future__ import annotations
 
-import io
 import signal
-import time
 
 import fal_client
 import replicate
-import requests
 import runpod
-from conftest import start_app, stop
-from PIL import Image
+from conftest import image_at, start_app, stop, wait_until
 
 RUNPOD_ENDPOINT = "black-forest-labs-flux-1-dev"
 FAL_APP = "fal-ai/flux/dev"
@@ -52,22 +48,12 @@ class Clients:
         return runpod.endpoint.runner.Job(RUNPOD_ENDPOINT, job_id, self.runpod.rp_client)._fetch_job()
 
 
-def wait_for(condition, seconds: float = 120):
-    deadline = time.monotonic() + seconds
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-    return value
 
 
 def result_id(url: str) -> str:
     return url.rsplit("/results/", 1)[1]
 
 
-def image_at(url: str) -> Image.Image:
-    response = requests.get(url, timeout=30)
-    response.raise_for_status()
-    return Image.open(io.BytesIO(response.content))
 
 
 def test_sigkill_then_restart_finishes_every_job_and_keeps_the_finished(family, family_root, tmp_path, monkeypatch):
@@ -84,7 +70,7 @@ def test_sigkill_then_restart_finishes_every_job_and_keeps_the_finished(family, 
         replicate_done.wait()
         # Then one running and, behind it, one waiting per API.
         running = clients.runpod.run(SLOW)
-        wait_for(lambda: running.status() == "IN_PROGRESS")
+        wait_until(lambda: running.status() == "IN_PROGRESS")
         runpod_waiting = clients.runpod.run(quick(4))
         fal_waiting = fal_client.submit(FAL_APP, fal_quick(5))
         replicate_waiting = clients.replicate.predictions.create(model=REPLICATE_MODEL, input=replicate_quick(6))
@@ -112,7 +98,7 @@ def test_sigkill_then_restart_finishes_every_job_and_keeps_the_finished(family, 
 
         # What was running or waiting runs now, with the seed it was given.
         for job, seed, size in [(running.job_id, 11, (512, 512)), (runpod_waiting.job_id, 4, (256, 256))]:
-            state = wait_for(lambda job=job: (s := clients.runpod_state(job))["status"] in ("COMPLETED", "FAILED") and s)
+            state = wait_until(lambda job=job: (s := clients.runpod_state(job))["status"] in ("COMPLETED", "FAILED") and s)
             assert state["status"] == "COMPLETED" and state["output"]["seed"] == seed, state
             assert image_at(state["output"]["image_url"]).size == size
         fal_result = fal_client.result(FAL_APP, fal_waiting.request_id)  # polls until COMPLETED

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import httpx
 import pytest
 import requests
-from conftest import EXAMPLE_BIRD, pixels
+from conftest import EXAMPLE_BIRD, image_at, pixels, wait_until
 from httpx_sse import connect_sse
 from PIL import Image
 
@@ -44,12 +43,6 @@ def fal_jobs(playground):
     store.close()
 
 
-def image_at(url: str) -> Image.Image:
-    response = requests.get(url, timeout=30)
-    response.raise_for_status()
-    image = Image.open(io.BytesIO(response.content))
-    image.load()
-    return image
 
 
 def image_of(data_uri: str) -> Image.Image:
@@ -58,11 +51,6 @@ def image_of(data_uri: str) -> Image.Image:
     return image
 
 
-def wait_until(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def collapsed(words: list[str]) -> list[str]:

@@ -4,7 +4,6 @@ predictions create/get/cancel/list, models and versions, file inputs; and the Op
 
 from __future__ import annotations
 
-import io
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +13,7 @@ import openai
 import pytest
 import replicate
 import requests
-from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE
+from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, image_at, wait_until
 from PIL import Image
 from replicate.exceptions import ReplicateError
 
@@ -31,23 +30,12 @@ def api(base_url):
     return replicate.Client(api_token="unused", base_url=base_url.rstrip("/"))
 
 
-def image_at(url: str) -> Image.Image:
-    response = requests.get(url, timeout=30)
-    response.raise_for_status()
-    image = Image.open(io.BytesIO(response.content))
-    image.load()
-    return image
 
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
-def wait_until(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_run_returns_webp_urls_at_the_aspect_ratio_and_megapixels(api):

@@ -3,12 +3,10 @@ output, stream, cancel, health and purge_queue."""
 
 from __future__ import annotations
 
-import io
-import time
 
 import pytest
 import requests
-from PIL import Image
+from conftest import image_at, wait_until
 
 ENDPOINT = "black-forest-labs-flux-1-dev"
 QUICK = {"prompt": "a fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7}
@@ -25,17 +23,8 @@ def endpoint(base_url, monkeypatch):
     return runpod.Endpoint(ENDPOINT)
 
 
-def image_at(url: str) -> Image.Image:
-    response = requests.get(url, timeout=30)
-    response.raise_for_status()
-    return Image.open(io.BytesIO(response.content))
 
 
-def wait_until(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_run_sync_returns_the_output(endpoint):

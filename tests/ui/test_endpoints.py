@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gradio_client.exceptions import ValidationError
 from conftest import EXAMPLE_BIRD, EXAMPLE_LAKE, FAST, call, pixels, result_images
 
 MODES = {
@@ -81,6 +82,26 @@ def test_preset_sizes(client):
     result = call(client, "/text_to_image", prompt="a lighthouse", num_inference_steps=1,
                   image_size="portrait_16_9", seed=1)
     assert result_images(result)[0].size == (576, 1024)
+
+
+@pytest.mark.parametrize("api_name", MODES)
+def test_explicit_width_and_height_win_over_any_preset(client, api_name):
+    # No image_size (each mode has its own default preset), or a preset that says otherwise.
+    plain = call(client, api_name, **MODES[api_name], num_inference_steps=1, width=384, height=256, seed=1)
+    over = call(client, api_name, **MODES[api_name], num_inference_steps=1, width=384, height=256, seed=1,
+                image_size="square_hd")
+    assert result_images(plain)[0].size == result_images(over)[0].size == (384, 256)
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"width": 384}, "- height: is required with width: give both, or neither to use image_size"),
+    ({"width": 385, "height": 256}, "- width: must be a multiple of 16, got 385"),
+    ({"width": 4096, "height": 256}, "- width: must be an integer from 256 to 2048, got 4096"),
+])
+def test_explicit_sizes_off_the_grid_or_alone_are_errors_naming_the_field(client, values, words):
+    with pytest.raises(ValidationError) as refused:
+        call(client, "/text_to_image", prompt="a fox", num_inference_steps=1, **values)
+    assert words in str(refused.value)
 
 
 @pytest.mark.parametrize(
