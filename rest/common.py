@@ -24,6 +24,10 @@ from rest.inputs import FetchPolicy
 
 # How often a request waiting on a job looks at it.
 JOB_POLL_SECONDS = 0.05
+# A stream sends a comment when it has been quiet this long, so that clients' read timeouts
+# (the replicate client's: 30 s) and proxies' do not end it while a request waits its turn.
+KEEPALIVE_SECONDS = 15
+KEEPALIVE = ": keep-alive\n\n"
 # The names each hosted API uses for the three models, and the repository each means.
 MODEL_ALIASES = {
     "dev": ("flux.1-dev", "flux-dev", "flux-1-dev", "black-forest-labs/flux.1-dev",

@@ -36,7 +36,7 @@ from pipelines.imaging.previews import preview_image, spread_previews
 from pipelines.modes.generation import StepCallback
 from pipelines.modes.request_types import GenerationRequest
 from pipelines.service import GenerationResult, Playground, StoredImage
-from rest.common import event_stream, sse
+from rest.common import KEEPALIVE, KEEPALIVE_SECONDS, event_stream, sse
 from rest.openai_formats import final_images
 
 log = logging.getLogger("flux_playground")
@@ -63,7 +63,7 @@ class Partial:
     partial_image_index: int
 
 
-def partial_images(values: dict[str, Any]) -> int:
+def partial_image_count(values: dict[str, Any]) -> int:
     """OpenAI's `partial_images`, 0 when not given; a FieldError outside 0-3."""
     count = values.get("partial_images")
     if count is None:
@@ -102,14 +102,12 @@ def error_event(error: Exception) -> dict[str, Any]:
 def partial_sender(request: GenerationRequest, spec: StreamSpec, send: Callable[[Partial], None]) -> StepCallback:
     """The step callback making each image's partial images, after steps spread evenly over
     its run, at the image's own size. Encoding is left to the stream: the accelerator goes on."""
-    sent: dict[int, int] = {}  # partial images made so far, by image index
 
     def on_step(image_index: int, step: int, steps: int, latents) -> None:
-        if step - 1 not in spread_previews(steps, spec.partial_images):
-            return
-        preview = preview_image(latents, request.height, request.width, max(request.width, request.height))
-        sent[image_index] = sent.get(image_index, 0) + 1
-        send(Partial(preview, image_index, sent[image_index] - 1))
+        chosen = sorted(spread_previews(steps, spec.partial_images))
+        if step - 1 in chosen:
+            preview = preview_image(latents, request.height, request.width, max(request.width, request.height))
+            send(Partial(preview, image_index, chosen.index(step - 1)))
 
     return on_step
 
@@ -138,21 +136,40 @@ def start_run(playground: Playground, request: GenerationRequest, received_at: f
     return events
 
 
+async def next_item(events: asyncio.Queue) -> Partial | GenerationResult | Exception | None:
+    """The run's next event, or None when it has been quiet for KEEPALIVE_SECONDS."""
+    try:
+        return await asyncio.wait_for(events.get(), KEEPALIVE_SECONDS)
+    except TimeoutError:
+        return None
+
+
+def named(event: dict[str, Any]) -> str:
+    """An event as OpenAI sends it: named by its type."""
+    return sse(event, event["type"])
+
+
+async def outcome_events(playground: Playground, outcome: GenerationResult | Exception,
+                         spec: StreamSpec) -> AsyncIterator[str]:
+    """What ends a stream: a completed event per image, or the error that stopped the run."""
+    if isinstance(outcome, GenerationCancelled):  # the client went away: no one to tell
+        return
+    if isinstance(outcome, Exception):
+        yield named(error_event(outcome))
+        return
+    images = await run_in_threadpool(final_images, playground.store, outcome, spec.output_format)
+    for index, image in enumerate(images):
+        yield named(await run_in_threadpool(completed_event, spec, image, index))
+
+
 async def stream_events(playground: Playground, events: asyncio.Queue, spec: StreamSpec, quality: int,
                         cancel: threading.Event) -> AsyncIterator[str]:
+    """Each partial image as it comes (a comment while the run is quiet), then the outcome."""
     try:
-        while isinstance(item := await events.get(), Partial):
-            event = await run_in_threadpool(partial_event, spec, item, quality)
-            yield sse(event, event["type"])
-        if isinstance(item, GenerationCancelled):  # the client went away: no one to tell
-            return
-        if isinstance(item, Exception):
-            yield sse(error_event(item), "error")
-            return
-        images = await run_in_threadpool(final_images, playground.store, item, spec.output_format)
-        for index, image in enumerate(images):
-            event = await run_in_threadpool(completed_event, spec, image, index)
-            yield sse(event, event["type"])
+        while isinstance(item := await next_item(events), Partial | None):
+            yield KEEPALIVE if item is None else named(await run_in_threadpool(partial_event, spec, item, quality))
+        async for text in outcome_events(playground, item, spec):
+            yield text
     finally:
         cancel.set()  # stops a generation whose client went away; does nothing once it finished
 

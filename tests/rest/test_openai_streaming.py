@@ -10,7 +10,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import EXAMPLE_BIRD
+from conftest import EXAMPLE_BIRD, wait_until
 from PIL import Image
 
 FAST = {"num_inference_steps": 4}
@@ -27,13 +27,6 @@ def decoded(b64_json: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(b64_json)))
     image.load()
     return image
-
-
-def wait_until(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_generate_streams_partial_images_then_the_same_image_as_without_streaming(sdk):
@@ -114,3 +107,25 @@ def test_a_stream_left_by_its_client_is_cancelled(base_url, playground):
     wait_until(lambda: playground.queue.counts() == {"waiting": 0, "running": 0}, 30)
     assert len(playground.store.history(limit=None)) == stored  # stopped, not run to the end and stored
     assert time.monotonic() - started < 60
+
+
+def test_a_failure_ends_the_stream_with_an_error_the_sdk_raises(sdk, playground, monkeypatch):
+    monkeypatch.setattr(playground, "time_limit_seconds", 1e-6)  # stops the run at its first step
+    stream = sdk.images.generate(model="flux.1-dev", prompt="a fox", size="256x256", stream=True, partial_images=1,
+                                 extra_body=FAST)
+    with pytest.raises(openai.APIError, match="longer than the time limit"):
+        list(stream)
+
+
+def test_a_quiet_stream_sends_comments_the_sdk_skips(sdk, base_url, monkeypatch):
+    import rest.openai_stream
+
+    monkeypatch.setattr(rest.openai_stream, "KEEPALIVE_SECONDS", 0.005)
+    body = {"model": "flux.1-dev", "prompt": "a fox", "size": "256x256", "stream": True, **FAST, "seed": 1}
+    with httpx.Client(timeout=60) as client, client.stream("POST", base_url + "v1/images/generations",
+                                                           json=body) as response:
+        lines = list(response.iter_lines())
+    assert ": keep-alive" in lines and lines[-3] == "event: image_generation.completed"
+    events = list(sdk.images.generate(model="flux.1-dev", prompt="a fox", size="256x256", stream=True,
+                                      extra_body={**FAST, "seed": 1}))
+    assert [event.type for event in events] == ["image_generation.completed"]
