@@ -2,11 +2,11 @@
 and `GET /v1/models/{id}`.
 
 The official `openai` SDK works against it unchanged (`OpenAI(base_url=".../v1")`), streaming
-included (`stream=True`, `partial_images`: `openai_stream.py`). FLUX extras (`guidance_scale`,
-`num_inference_steps`, `negative_prompt`, `seed`, ...) and the parameters of seed 002's
-gateway (`aspect_ratio`, `resolution`, `megapixels`: `openai_sizes.py`; `cfg_scale`,
-`output_quality`, `acceleration`, `go_fast`, gif and avif: `openai_formats.py`) go in the body,
-or through the SDK's `extra_body`.
+included (`stream=True` with `partial_images`: `openai_stream.py`). FLUX extras
+(`guidance_scale`, `num_inference_steps`, `negative_prompt`, `seed`, ...) and seed 002's
+gateway parameters go in the body, or through the SDK's `extra_body`: `aspect_ratio`,
+`resolution` and `megapixels` (`openai_sizes.py`), gif and avif (`openai_formats.py`),
+`cfg_scale`, `output_quality`, `acceleration`, `go_fast` and `sync_mode` (here).
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ from rest.common import (
 from rest.inputs import load_image_input
 from rest.openai_formats import OPENAI_FORMATS, checked_format, final_images, run_format
 from rest.openai_sizes import output_size, tier_name, tier_sides
-from rest.openai_stream import StreamSpec, image_stream, partial_images
+from rest.openai_stream import StreamSpec, image_stream, partial_image_count
 
 # Our field names in OpenAI's vocabulary, for error messages.
 FIELD_NAMES = {"num_images": "n", "width": "size", "height": "size", "image_size": "size", "mask_image": "mask"}
 # Our fields the request may name in more than one way: FLUX's or OpenAI's name first, then
 # the gateway's (seed 002). The first given is used, and errors name it as it was sent.
-SYNONYMS = {"guidance_scale": ("guidance_scale", "cfg_scale"), "output_quality": ("output_compression", "output_quality")}
+SYNONYMS = {"guidance_scale": ("guidance_scale", "cfg_scale"),
+            "output_quality": ("output_compression", "output_quality")}
 EDIT_MODES = {"kontext": "kontext_edit", "dev": "image_to_image", "redux": "redux_variation"}
 # A scale without a shape keeps the shape of text-to-image's default size.
 GENERATION_SHAPE = PRESETS.image_sizes[PRESETS.modes["text_to_image"].image_size]
@@ -154,27 +155,26 @@ def shared_fields(values: dict[str, Any], default_shape: tuple[int, int]) -> dic
     })
 
 
-def response_format(values: dict[str, Any]) -> str:
-    """url, or b64_json when asked for (or with fal's sync_mode)."""
-    return values.get("response_format") or ("b64_json" if values.get("sync_mode") else "url")
+def answers_b64(values: dict[str, Any]) -> bool:
+    """Whether images are answered as b64_json (asked for, or fal's sync_mode) rather than URLs."""
+    return (values.get("response_format") or ("b64_json" if values.get("sync_mode") else "url")) == "b64_json"
 
 
-def image_item(image: StoredImage, prompt: str, response_format: str, http: Request,
-               settings: RestSettings) -> dict[str, Any]:
+def image_item(image: StoredImage, prompt: str, as_b64: bool, http: Request, settings: RestSettings) -> dict[str, Any]:
     item = {"revised_prompt": prompt}
-    if response_format == "b64_json":
+    if as_b64:
         item["b64_json"] = base64.b64encode(image.file.read_bytes()).decode()
     else:
         item["url"] = result_url(http, settings, image.result_id)
     return item
 
 
-def images_response(result: GenerationResult, images: list[StoredImage], values: dict[str, Any], http: Request,
-                    settings: RestSettings) -> dict[str, Any]:
+def images_response(result: GenerationResult, images: list[StoredImage], output_format: str, as_b64: bool,
+                    http: Request, settings: RestSettings) -> dict[str, Any]:
     """OpenAI's images response, with the seed, size, safety flags, model and warnings beside it."""
-    data = [image_item(image, result.request.prompt, response_format(values), http, settings) for image in images]
+    data = [image_item(image, result.request.prompt, as_b64, http, settings) for image in images]
     return {
-        "created": int(time.time()), "data": data, "output_format": checked_format(values.get("output_format")),
+        "created": int(time.time()), "data": data, "output_format": output_format,
         "size": f"{result.request.width}x{result.request.height}", "seed": result.request.seed,
         "has_nsfw_concepts": result.has_nsfw_concepts, "model": result.model, "warnings": result.info["warnings"],
     }
@@ -185,20 +185,19 @@ def busy(error: ServerBusy) -> JSONResponse:
                                                             "param": None, "code": "server_busy"}})
 
 
-def stream_spec(kind: str, values: dict[str, Any]) -> StreamSpec | None:
+def stream_spec(kind: str, values: dict[str, Any], output_format: str) -> StreamSpec | None:
     """How to stream the request's events, or None when it is not streamed."""
-    count = partial_images(values)  # checked whether or not the request streams
-    if not values.get("stream"):
-        return None
-    return StreamSpec(kind, count, checked_format(values.get("output_format")))
+    count = partial_image_count(values)  # checked whether or not the request streams
+    return StreamSpec(kind, count, output_format) if values.get("stream") else None
 
 
 async def answer(playground, settings: RestSettings, mode: str, raw: dict, values: dict[str, Any], kind: str,
                  http: Request):
     """Validate and run a request, answering OpenAI's images response or, with `stream`, its events."""
     names = field_names(values)
+    output_format = checked_format(values.get("output_format"))  # already checked by shared_fields
     try:
-        spec = stream_spec(kind, values)
+        spec = stream_spec(kind, values, output_format)
         if spec is not None:
             request = await run_in_threadpool(playground.parse, mode, raw)
             return image_stream(playground, request, arrival_time(http.scope), spec)
@@ -210,9 +209,8 @@ async def answer(playground, settings: RestSettings, mode: str, raw: dict, value
         return busy(error)
     except GenerationError as error:
         return openai_error(500, str(error), code="generation_failed")
-    output_format = checked_format(values.get("output_format"))
     images = await run_in_threadpool(final_images, playground.store, result, output_format)
-    return images_response(result, images, values, http, settings)
+    return images_response(result, images, output_format, answers_b64(values), http, settings)
 
 
 def repaint_mask(data: bytes, settings: RestSettings) -> Image.Image:
