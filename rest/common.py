@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.errors import FieldError
@@ -20,6 +24,10 @@ from rest.inputs import FetchPolicy
 
 # How often a request waiting on a job looks at it.
 JOB_POLL_SECONDS = 0.05
+# A stream sends a comment when it has been quiet this long, so that clients' read timeouts
+# (the replicate client's: 30 s) and proxies' do not end it while a request waits its turn.
+KEEPALIVE_SECONDS = 15
+KEEPALIVE = ": keep-alive\n\n"
 # The names each hosted API uses for the three models, and the repository each means.
 MODEL_ALIASES = {
     "dev": ("flux.1-dev", "flux-dev", "flux-1-dev", "black-forest-labs/flux.1-dev",
@@ -106,6 +114,30 @@ def drop_none(values: dict[str, Any]) -> dict[str, Any]:
 
 def data_uri(data: bytes, content_type: str) -> str:
     return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+
+
+def sse(data: dict[str, Any], event: str | None = None) -> str:
+    """One server-sent event carrying `data` as JSON, named `event` where given."""
+    name = f"event: {event}\n" if event else ""
+    return f"{name}data: {json.dumps(data)}\n\n"
+
+
+def event_stream(events: AsyncIterator[str], background: BackgroundTask | None = None) -> StreamingResponse:
+    """Server-sent events, each sent as it comes: no caching, no buffering by a proxy (nginx)."""
+    return StreamingResponse(events, media_type="text/event-stream", background=background,
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def acceleration_step_cache(acceleration: str) -> str:
+    """fal's per-request `acceleration` as a request's step caching: high caches, none and
+    regular do not (compilation and quantization are the server's --acceleration)."""
+    return "first_block" if acceleration == "high" else "off"
+
+
+def go_fast_step_cache(go_fast: bool) -> str:
+    """Replicate's `go_fast` as a request's step caching: the server's own (its acceleration
+    profile's default), or none."""
+    return "auto" if go_fast else "off"
 
 
 async def wait_for_job(jobs: JobRunner, job_id: str, timeout: float) -> JobRecord | None:

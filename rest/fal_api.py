@@ -22,7 +22,7 @@ from pipelines.modes.request_types import GenerationRequest
 from pipelines.outputs.results import ResultStore
 from pipelines.service import GenerationError, ServerBusy
 from rest.arrival import arrival_time
-from rest.common import RestSettings, data_uri, drop_none, rename_field, result_url
+from rest.common import RestSettings, acceleration_step_cache, data_uri, drop_none, rename_field, result_url
 from rest.inputs import load_image_input
 
 APP_OWNER = "fal-ai"  # fal's apps are named owner/alias[/path]: fal-ai/flux/dev/image-to-image
@@ -78,7 +78,7 @@ def field_errors(error: FieldError) -> JSONResponse:
 def raw_fields(body: FalBody, mode: str, defaults: dict[str, Any], settings: RestSettings) -> dict[str, Any]:
     values = {**defaults, **drop_none(body.model_dump(exclude={"sync_mode", "acceleration", "loras"}))}
     if body.acceleration is not None:
-        values["step_cache"] = "first_block" if body.acceleration == "high" else "off"
+        values["step_cache"] = acceleration_step_cache(body.acceleration)
     size = values.pop("image_size", None)
     if isinstance(size, dict):
         values.update(image_size="custom", width=size.get("width"), height=size.get("height"))

@@ -16,13 +16,12 @@ As on fal, the status, result and cancel URLs name the owner and the app's alias
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -30,7 +29,7 @@ from pipelines.errors import FieldError, ServerBusy
 from pipelines.jobs.runner import JobRunner, StepEvent
 from pipelines.jobs.store import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, JobRecord
 from rest.arrival import arrival_time
-from rest.common import JOB_POLL_SECONDS, RestSettings, data_uri, drop_none, public_base
+from rest.common import JOB_POLL_SECONDS, RestSettings, data_uri, drop_none, event_stream, public_base, sse
 from rest.fal_api import APP_OWNER, ROUTES, FalBody, app_id, fal_error, fal_response, field_errors, parse_body
 
 API = "fal"
@@ -58,16 +57,6 @@ FAL_STATES = {
 def app_alias(app: str) -> str:
     """The part of an app id the queue's request URLs keep: "fal-ai/flux/dev/redux" -> "flux"."""
     return app.split("/")[1]
-
-
-def sse(event: dict[str, Any]) -> str:
-    return f"data: {json.dumps(event)}\n\n"
-
-
-def event_stream(events: AsyncIterator[str], background: BackgroundTask | None = None) -> StreamingResponse:
-    """Server-sent events, each sent as it comes: no caching, no buffering by a proxy (nginx)."""
-    return StreamingResponse(events, media_type="text/event-stream", background=background,
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def step_log(step: StepEvent, num_images: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from PIL import Image
 from pipelines.errors import FieldError
 from pipelines.imaging.images import fit_size, kontext_size, size_at_area, upright_size
 from presets import CUSTOM, MATCH_INPUT, PRESETS
-from rest.common import drop_none
+from rest.common import drop_none, go_fast_step_cache
 
 OWNER = "black-forest-labs"
 ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
@@ -81,7 +81,7 @@ SAFETY = Input("disable_safety_checker", "boolean", "Disable safety checker for 
 # go_fast picks the server's own acceleration (its step caching profile); off turns caching off.
 GO_FAST = Input("go_fast", "boolean", "Run faster predictions with the server's step caching (its acceleration "
                 "profile); disable for exact, uncached steps", True, field="step_cache",
-                convert=lambda fast: "auto" if fast else "off")
+                convert=go_fast_step_cache)
 
 
 def megapixel_size(aspect: tuple[int, int], megapixels: str | None) -> tuple[int, int]:

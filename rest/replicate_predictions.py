@@ -16,7 +16,7 @@ from typing import Any
 
 from pipelines.jobs.runner import JobRunner, LiveJob, StepEvent
 from pipelines.jobs.store import JobRecord
-from rest.common import JOB_POLL_SECONDS, result_url_at
+from rest.common import JOB_POLL_SECONDS, KEEPALIVE, KEEPALIVE_SECONDS, result_url_at
 from rest.replicate_files import iso_time
 from rest.replicate_models import MODELS, VERSION_IDS
 
@@ -25,9 +25,6 @@ STATUS_WORDS = {"queued": "starting", "running": "processing", "completed": "suc
                 "cancelled": "canceled"}
 BAR_WIDTH = 10
 PARTIAL_BLOCKS = " ▏▎▍▌▋▊▉"  # tqdm's eighths of a bar cell
-# A stream sends a comment when it has been quiet this long, so that clients' read timeouts
-# (the replicate client's: 30 s) do not end it while a job waits its turn.
-KEEPALIVE_SECONDS = 15
 
 
 def clock(seconds: float) -> str:
@@ -137,7 +134,7 @@ async def prediction_events(jobs: JobRunner, job_id: str, base: str) -> AsyncIte
         if record.finished:
             break
         if time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
+            yield KEEPALIVE
             quiet_since = time.monotonic()
         await asyncio.sleep(JOB_POLL_SECONDS)
     for event, data in final_events(record, base):

@@ -16,9 +16,11 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pipelines.errors import FieldError
 from presets import PRESETS
 
-# Pillow's names for the formats users ask for.
-PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# Pillow's names for the formats users ask for: the presets' output formats, and GIF and AVIF,
+# which only the OpenAI routes offer (seed 002's gateway lists them), where Pillow writes them.
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF", "avif": "AVIF"}
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
+              "avif": "image/avif"}
 # PNG is lossless at every zlib setting, so they trade only bytes for time. Level 1 with zlib's
 # run-length strategy (after PNG's row filters) encodes a 1024x1024 result 2-3x faster than
 # Pillow's default (level 6) and, on the images measured, in about as many bytes as level 6 and
@@ -29,6 +31,8 @@ PNG_COMPRESS_TYPE = zlib.Z_RLE
 # Input formats Pillow may try. Others (EPS runs Ghostscript, PSD, ICNS, ...) are a larger attack
 # surface for no use here. MPO (a camera JPEG with extra previews) opens through the JPEG opener.
 Image.init()
+# The formats this Pillow writes: AVIF needs Pillow built with libavif.
+WRITABLE_FORMATS = tuple(name for name, pil_name in PIL_FORMATS.items() if pil_name in Image.SAVE)
 OPENERS = tuple(f for f in ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if f in Image.OPEN)
 INPUT_FORMATS = OPENERS + ("MPO",)
 _NAMES = [{"WEBP": "WebP"}.get(f, f) for f in OPENERS]
@@ -116,7 +120,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def encode_image(image: Image.Image, output_format: str, quality: int, **save_options) -> bytes:
-    """The image as a file in the format asked for; quality applies to JPEG and WebP.
+    """The image as a file in the format asked for; quality applies to JPEG, WebP and AVIF.
     `save_options` go to Pillow's `save` (e.g. metadata: `pnginfo`, `exif`)."""
     buffer = io.BytesIO()
     options = ({"compress_level": PNG_COMPRESS_LEVEL, "compress_type": PNG_COMPRESS_TYPE} if output_format == "png"

@@ -116,3 +116,13 @@ def should_preview(step: int, total_steps: int, every: int) -> bool:
     if every < 1 or step >= total_steps - 1:
         return False
     return (step + 1) % every == 0
+
+
+def spread_previews(total_steps: int, count: int) -> frozenset[int]:
+    """The 0-based denoising steps after which to emit `count` previews spread evenly over
+    `total_steps`, never after the last one (its image is the exact decode). Fewer steps
+    than previews asked for give fewer previews."""
+    if total_steps < 2:
+        return frozenset()
+    return frozenset(min(max(round(total_steps * k / (count + 1)), 1), total_steps - 1) - 1
+                     for k in range(1, count + 1))

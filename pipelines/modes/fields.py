@@ -147,7 +147,8 @@ class FieldReader:
     def side(self, name: str) -> int | None:
         value = self.number(name)
         if value is not None and value % PRESETS.size_multiple:
-            self.fail(name, f"{name} must be a multiple of {PRESETS.size_multiple}, got {value}")
+            self.fail(name, f"{name} must be a multiple of {PRESETS.size_multiple}, got {value} (each side: "
+                            f"{PRESETS.size_min} to {PRESETS.size_max})")
             return None
         return value
 

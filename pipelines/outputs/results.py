@@ -23,11 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines.imaging.images import MIME_TYPES
+
 log = logging.getLogger("flux_playground")
 
 # The hosted APIs promise result URLs for 7 days.
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
-RESULT_ID = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)$")
+# A result's id: its random hex name and the extension of a format results are written in.
+RESULT_ID = re.compile(rf"^[0-9a-f]{{32}}\.({'|'.join(MIME_TYPES)})$")
 INDEX_NAME = "index.jsonl"
 
 

@@ -15,6 +15,7 @@ from pipelines.imaging.previews import (
     preview_image,
     preview_size,
     should_preview,
+    spread_previews,
     unpack_latents,
 )
 
@@ -114,6 +115,14 @@ def test_should_preview_every_n_steps_but_never_the_last():
     assert steps(1, 1) == []
     assert steps(10, 0) == [] and steps(10, -1) == []  # off
     assert steps(3, 5) == []
+
+
+def test_spread_previews_evenly_never_after_the_last_step():
+    assert sorted(spread_previews(28, 3)) == [6, 13, 20]
+    assert sorted(spread_previews(4, 2)) == [0, 2]
+    assert sorted(spread_previews(4, 3)) == [0, 1, 2]
+    assert sorted(spread_previews(2, 3)) == [0]  # fewer steps than previews: one per step before the last
+    assert spread_previews(1, 3) == spread_previews(28, 0) == frozenset()
 
 
 # --- in real pipelines on the tiny family --------------------------------------------------
