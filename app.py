@@ -21,6 +21,7 @@ from pipelines.fetch import FetchPolicy
 from pipelines.jobs.runner import JobRunner
 from pipelines.jobs.store import JobStore
 from pipelines.loras.sources import LoraSourcePolicy
+from pipelines.models.quantization import QUANTIZE_CHOICES
 from pipelines.models.startup import (
     demo_lora_folders,
     limit_malloc_arenas,
@@ -64,10 +65,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-demo-fallback", action="store_true",
                         default=env("FLUX_NO_DEMO_FALLBACK") == "1",
                         help="exit instead of falling back to the demo model when the real one cannot load")
-    parser.add_argument("--dev-model", help="hub id or folder of FLUX.1-dev (env FLUX_DEV_MODEL)")
-    parser.add_argument("--kontext-model", help="hub id or folder of FLUX.1-Kontext-dev (env FLUX_KONTEXT_MODEL)")
+    parser.add_argument("--dev-model", help="hub id or folder of FLUX.1-dev, or a single transformer file: BFL's "
+                        ".safetensors or a .gguf (env FLUX_DEV_MODEL)")
+    parser.add_argument("--kontext-model", help="hub id or folder of FLUX.1-Kontext-dev, or a single transformer "
+                        ".safetensors/.gguf file (env FLUX_KONTEXT_MODEL)")
+    parser.add_argument("--base-model", default=env("FLUX_BASE_MODEL"),
+                        help="diffusers-layout folder or hub id giving what a single-file --dev-model lacks: VAE, "
+                             "text encoders, tokenizers, scheduler, transformer config (env FLUX_BASE_MODEL; "
+                             "black-forest-labs/FLUX.1-dev)")
+    parser.add_argument("--quantize", default=env("FLUX_QUANTIZE", "none"), choices=QUANTIZE_CHOICES,
+                        help="storage of the FLUX transformers and T5: none (the dtype), int8 (torchao weight-only), "
+                             "fp8 (torchao float8, CUDA >= 8.9; no LoRAs), nf4 (bitsandbytes 4-bit, CUDA), auto "
+                             "(for now none); a type that cannot run here falls back to none (env FLUX_QUANTIZE)")
     parser.add_argument("--redux-model", help="hub id or folder of FLUX.1-Redux-dev (env FLUX_REDUX_MODEL)")
-    parser.add_argument("--fill-model", default=env("FLUX_FILL_MODEL"), help="hub id or folder of FLUX.1-Fill-dev: inpainting and outpainting use it "
+    parser.add_argument("--fill-model", default=env("FLUX_FILL_MODEL"), help="hub id or folder of FLUX.1-Fill-dev (or a single transformer file): inpainting and outpainting use it "
                         "instead of FLUX.1-dev (another 12B transformer; env FLUX_FILL_MODEL). With --demo, any "
                         "value selects the demo family's Fill model")
     parser.add_argument("--canny-lora", help="hub id, folder or file of FLUX.1-Canny-dev-lora (env FLUX_CANNY_LORA)")

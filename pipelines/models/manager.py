@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pipelines.errors import FieldError
 from pipelines.loras import adapters
 from pipelines.loras.adapters import UserLora
 from pipelines.loras.library import LoraLibrary
@@ -26,12 +27,18 @@ from pipelines.models.components import (
     PIPELINES,
     TRANSFORMERS,
 )
+from pipelines.models.quantization import (
+    QuantizationPlan,
+    quantization_kwargs,
+    stored_as,
+)
 from pipelines.models.residency import (
     Swapper,
     offload,
     tensor_bytes,
     unique_tensor_bytes,
 )
+from pipelines.models.single_file import is_single_file, load_transformer_file
 from pipelines.models.sources import ModelSources, Placement
 from presets import PRESETS
 from presets.acceleration import ACCELERATION, Profile
@@ -72,6 +79,8 @@ class PipelineManager:
     # the others in pinned CPU memory) or "offload" (diffusers' group offloading).
     acceleration: Profile = field(default_factory=lambda: ACCELERATION.profile("none"))
     residency: str = "resident"
+    # What the FLUX transformers and T5 are stored as (--quantize): bf16, int8, fp8, nf4.
+    quantization: QuantizationPlan = field(default_factory=QuantizationPlan)
     loras: LoraLibrary = field(init=False)  # the users' LoRAs and the adapters on the dev transformer
     _accelerated: dict[str, dict] = field(default_factory=dict)
     compile_info: dict = field(default_factory=dict)  # the compile cache and warm-up, set at start
@@ -92,14 +101,14 @@ class PipelineManager:
         started = time.perf_counter()
         if not source:
             raise RuntimeError(f"{name} needs a {spec.source} model, and none is configured")
-        kwargs: dict[str, Any] = {"local_files_only": self.local_files_only}
-        if spec.subfolder:
-            kwargs["subfolder"] = spec.subfolder
-        if self.token:
-            kwargs["token"] = self.token
-        if spec.module:
-            kwargs["dtype"] = self.placement.dtype
-        loaded = spec.loader.from_pretrained(source, **kwargs)
+        quantization = quantization_kwargs(name, self.quantization.storage_of(name))
+        if name in TRANSFORMERS and is_single_file(source):
+            loaded = load_transformer_file(spec.loader, source, self.sources.base_of(spec.source),
+                                           self.placement.dtype, local_files_only=self.local_files_only,
+                                           token=self.token, **quantization)
+        else:
+            loaded = spec.loader.from_pretrained(self.sources.repository(spec.source),
+                                                 **self._load_kwargs(spec), **quantization)
         if spec.module:
             loaded = self._place(name, loaded.eval().requires_grad_(False))
         record = self._records.setdefault(
@@ -108,6 +117,16 @@ class PipelineManager:
         record.load_count += 1
         record.load_seconds += time.perf_counter() - started
         return loaded
+
+    def _load_kwargs(self, spec) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"local_files_only": self.local_files_only}
+        if spec.subfolder:
+            kwargs["subfolder"] = spec.subfolder
+        if self.token:
+            kwargs["token"] = self.token
+        if spec.module:
+            kwargs["dtype"] = self.placement.dtype
+        return kwargs
 
     def _place(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
         """Put a loaded module where the residency policy says, and accelerate a transformer."""
@@ -173,6 +192,9 @@ class PipelineManager:
         return pipes
 
     def _set_adapters(self, pipe, control: str | None, loras: tuple[tuple[str, float], ...]) -> None:
+        refusal = self.quantization.lora_refusal() if control or loras else None
+        if refusal:
+            raise FieldError("control" if control else "loras", refusal)
         # Loading the control LoRA may download or fail: before anything is taken off.
         needed = control is not None and self.loras.needs_rebuild(control)
         self.loras.set_for_request(pipe, control, self.component(f"{control}_lora") if needed else None, loras)
@@ -187,6 +209,9 @@ class PipelineManager:
     def load_lora(self, source: str, name: str | None = None, weight_name: str | None = None) -> UserLora:
         """Load a LoRA (a file, a folder or a hub repository) onto the dev transformer as
         adapter `name`. It stays inactive until a request names it."""
+        refusal = self.quantization.lora_refusal()
+        if refusal:
+            raise FieldError("source", refusal)
         name = self.loras.checked_name(name, source, weight_name)
         started = time.perf_counter()
         # A hub download happens here, before the accelerator lock: generation goes on meanwhile.
@@ -228,6 +253,7 @@ class PipelineManager:
             if name in modules:
                 entry["device"] = str(next(loaded.parameters()).device)
                 entry["dtype"] = str(next(loaded.parameters()).dtype).removeprefix("torch.")
+                entry["stored_as"] = stored_as(loaded)
                 entry["bytes"] = tensor_bytes(loaded)
             components[name] = entry
         pipelines = {
@@ -245,6 +271,7 @@ class PipelineManager:
             "demo": self.sources.demo,
             "acceleration": {"profile": self.acceleration.name, "transformers": dict(self._accelerated),
                              **self.compile_info},
+            "quantization": self.quantization.status(),
             "residency": self._swapper.status() if self._swapper else {"policy": self.residency},
             "loras": self.loras.status(),
             "adapters": self.loras.adapter_status(),

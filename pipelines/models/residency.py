@@ -32,17 +32,29 @@ FULL_SIZE_BYTES = {
 }
 
 
+def stored_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """A module's parameters and buffers as stored: a quantized tensor subclass (torchao's)
+    by the plain tensors it holds (int8 data, scales), whose bytes and storages are real."""
+    stored, pending = [], [*module.parameters(), *module.buffers()]
+    while pending:
+        tensor = pending.pop()
+        if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "__tensor_flatten__"):
+            pending.extend(getattr(tensor, name) for name in tensor.__tensor_flatten__()[0])
+        else:
+            stored.append(tensor)
+    return stored
+
+
 def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes of a module's parameters and buffers, quantized ones at their stored size."""
+    return sum(t.numel() * t.element_size() for t in stored_tensors(module))
 
 
 def unique_tensor_bytes(modules: list[torch.nn.Module]) -> int:
     """Bytes of the distinct storages behind the modules: shared or copied weights show here."""
     seen: dict[tuple[str, int], int] = {}
     for module in modules:
-        for tensor in list(module.parameters()) + list(module.buffers()):
+        for tensor in stored_tensors(module):
             storage = tensor.untyped_storage()
             seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
     return sum(seen.values())

@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from pipelines.models.single_file import is_single_file
+
 DEFAULT_SOURCES = {
     "dev": "black-forest-labs/FLUX.1-dev",
     "kontext": "black-forest-labs/FLUX.1-Kontext-dev",
@@ -37,6 +39,11 @@ SOURCE_ENV_VARS = {
     "depth": "FLUX_DEPTH_MODEL",
     "fill": "FLUX_FILL_MODEL",
 }
+# Where a single transformer file (`.safetensors`, `.gguf`) of a source takes its transformer config
+# from: dev's base also gives the VAE, text encoders, tokenizers and scheduler (flag --base-model).
+DEFAULT_BASES = {"dev": DEFAULT_SOURCES["dev"], "kontext": DEFAULT_SOURCES["kontext"],
+                 "fill": "black-forest-labs/FLUX.1-Fill-dev"}
+BASE_ENV_VAR = "FLUX_BASE_MODEL"
 # The control LoRA each control type adds to the dev transformer.
 CONTROL_MODELS = {"canny": "canny_lora", "depth": "depth_lora"}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -54,19 +61,34 @@ class ModelSources:
     depth_lora: str = DEFAULT_SOURCES["depth_lora"]
     depth: str = DEFAULT_SOURCES["depth"]
     fill: str = DEFAULT_SOURCES["fill"]  # "": not configured
+    base: str = DEFAULT_BASES["dev"]  # dev's base when dev is a single transformer file
+    kontext_base: str = DEFAULT_BASES["kontext"]
+    fill_base: str = DEFAULT_BASES["fill"]
     demo: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: str | None) -> ModelSources:
         """Defaults, then environment variables, then explicit overrides (command-line flags)."""
         values = {key: env.get(var) or DEFAULT_SOURCES[key] for key, var in SOURCE_ENV_VARS.items()}
+        values["base"] = env.get(BASE_ENV_VAR) or DEFAULT_BASES["dev"]
         values.update({key: value for key, value in overrides.items() if value})
         return cls(**values)
 
-    def model_name(self, key: str) -> str:
-        """A repository's name as users know it: the hub id, or a local folder's name."""
+    def base_of(self, key: str) -> str:
+        """The diffusers-layout repository a single transformer file of `key` is configured from."""
+        return self.base if key == "dev" else getattr(self, f"{key}_base")
+
+    def repository(self, key: str) -> str:
+        """Where `from_pretrained` loads `key`'s components: its source, or, when that is a single
+        transformer file, its base."""
         source = getattr(self, key)
-        return source.rstrip("/").split("/")[-1] if os.path.isdir(source) else source
+        return self.base_of(key) if key in DEFAULT_BASES and is_single_file(source) else source
+
+    def model_name(self, key: str) -> str:
+        """A repository's name as users know it: the hub id, or a local folder's or file's name."""
+        source = getattr(self, key)
+        local = os.path.isdir(source) or os.path.isfile(source)
+        return source.rstrip("/").split("/")[-1] if local else source
 
     def label(self, models: tuple[str, ...], control: str | None = None) -> str:
         """The models behind a result (source keys, and the control LoRA of `control`), as
@@ -77,7 +99,9 @@ class ModelSources:
 
     def as_demo(self, folders: Mapping[str, os.PathLike]) -> ModelSources:
         """These sources with the demo family's folders for every model it has a folder for."""
-        return replace(self, demo=True, **{key: str(path) for key, path in folders.items() if key in DEFAULT_SOURCES})
+        demo = {key: str(path) for key, path in folders.items() if key in DEFAULT_SOURCES}
+        bases = {"base": demo["dev"], **{f"{key}_base": demo[key] for key in ("kontext", "fill") if key in demo}}
+        return replace(self, demo=True, **demo, **bases)
 
 
 @dataclass(frozen=True)

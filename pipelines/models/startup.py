@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,28 +14,45 @@ from pipelines.loras import adapters
 from pipelines.models.acceleration import setup_compile_cache, warm_up
 from pipelines.models.components import COMPONENTS
 from pipelines.models.manager import PipelineManager
+from pipelines.models.quantization import plan_quantization
 from pipelines.models.residency import (
     accelerator_memory,
     choose_residency,
     needed_bytes,
 )
+from pipelines.models.single_file import is_single_file
 from pipelines.models.sources import ModelSources, Placement, pick_placement
 from presets.acceleration import ACCELERATION, Profile
 
 log = logging.getLogger("flux_playground")
 
 
-def demo_manager(placement, fill: bool = False, max_loras: int = 8, **options) -> PipelineManager:
+def demo_manager(placement, fill: bool = False, max_loras: int = 8, dev_file: str | None = None,
+                 **options) -> PipelineManager:
     """The manager on the tiny random-weight family, built offline on first use. As with the
-    real models, inpainting uses the Fill model only when asked (`fill`). `options` go to the
-    manager (acceleration, residency)."""
+    real models, inpainting uses the Fill model only when asked (`fill`); `dev_file`: a single
+    transformer file (.safetensors, .gguf) instead of the demo dev transformer. `options` go to
+    the manager (acceleration, residency, quantization)."""
     folders = dict(build_tiny_family(default_root()))
     if not fill:
         folders.pop("fill", None)
-    manager = PipelineManager(ModelSources(fill="").as_demo(folders), placement, local_files_only=True,
+    sources = ModelSources(fill="").as_demo(folders)
+    if dev_file:
+        sources = replace(sources, dev=dev_file)
+    manager = PipelineManager(sources, placement, local_files_only=True,
                               max_loras=max_loras, **options)
     manager.preload()
     return manager
+
+
+def start_quantization(requested: str, placement: Placement):
+    """The --quantize plan here; a type that cannot run here is logged and falls back to none."""
+    plan = plan_quantization(requested, placement.device)
+    if plan.fallback:
+        log.warning("FLUX Playground: %s", plan.fallback)
+    if plan.lora_refusal():
+        log.warning("FLUX Playground: %s; requests with LoRAs or control are refused", plan.lora_refusal())
+    return plan
 
 
 def pick_residency(placement: Placement, sources: ModelSources, override: str | None) -> str:
@@ -92,19 +110,21 @@ def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None
 
 
 def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile):
-    options = {"acceleration": profile, "lora_rank": args.lora_rank}
+    options = {"acceleration": profile, "lora_rank": args.lora_rank,
+               "quantization": start_quantization(args.quantize, placement)}
     if args.demo:
         log.warning("FLUX Playground is starting in DEMO mode (--demo): results come from a tiny "
                     "random-weight model and look like noise")
         residency = pick_residency(placement, ModelSources(demo=True), args.residency)
-        return demo_manager(placement, fill, max_loras, residency=residency, **options), "started with --demo"
+        dev_file = args.dev_model if args.dev_model and is_single_file(args.dev_model) else None
+        return demo_manager(placement, fill, max_loras, dev_file, residency=residency, **options), "started with --demo"
     if placement.device.type == "cpu" and args.device == "auto":
         reason = "no CUDA accelerator was found (FLUX.1-dev needs a GPU; pass --device cpu to try anyway)"
     else:
         sources = ModelSources.from_env(
             dev=args.dev_model, kontext=args.kontext_model, redux=args.redux_model, safety=args.safety_model,
             fill=args.fill_model, canny_lora=args.canny_lora,
-            depth_lora=args.depth_lora, depth=args.depth_model)
+            depth_lora=args.depth_lora, depth=args.depth_model, base=args.base_model)
         residency = pick_residency(placement, sources, args.residency)
         manager = PipelineManager(sources, placement, max_loras=max_loras, residency=residency, **options)
         try:
