@@ -43,8 +43,16 @@ class Skipped(Exception):
 
 # --- the global part: applied once per transformer ------------------------------------------
 
+def stored_quantized(transformer) -> bool:
+    """Whether the weights are stored quantized already (--quantize, a GGUF file): tensor
+    subclasses (torchao's, diffusers' GGUFParameter) rather than plain parameters."""
+    return any(type(p) is not torch.nn.Parameter for p in transformer.parameters())
+
+
 def fuse_qkv(transformer, loras: bool = False) -> str:
     """One matmul for Q, K and V (and for the text stream's) instead of three."""
+    if stored_quantized(transformer):
+        raise Skipped("the transformer is stored quantized (--quantize or a GGUF file): its weights are not fused")
     if loras:
         raise Skipped("the transformer carries LoRAs, which attach to to_q/to_k/to_v: "
                       "the fused projection would bypass them")
@@ -73,6 +81,8 @@ def quantize_float8(transformer, device: torch.device, loras: bool = False,
     reason = float8_support(device, settings)
     if reason:
         raise Skipped(reason)
+    if stored_quantized(transformer):
+        raise Skipped("the transformer is stored quantized already (--quantize or a GGUF file)")
     if loras:
         raise Skipped("the transformer carries LoRAs, and PEFT cannot attach them to torchao float8 layers")
     try:

@@ -122,3 +122,13 @@ def test_auto_is_none_until_the_memory_plan_fills_it():
     assert plan_quantization("auto", torch.device("cpu")).storage == {}
     with pytest.raises(ValueError, match="--quantize must be one of"):
         plan_quantization("int4", torch.device("cpu"))
+
+
+def test_profiles_leave_a_quantized_transformer_unfused(files, family):
+    from pipelines.models.acceleration import apply_profile
+    from pipelines.models.single_file import load_transformer_file
+
+    gguf = load_transformer_file(FluxTransformer2DModel, str(files["Q8_0"]), str(family["dev"]), torch.float32,
+                                 local_files_only=True)
+    report = apply_profile(gguf, "high", "cpu")
+    assert "stored quantized" in report["skipped"]["fuse_qkv"] and "fuse_qkv" not in report["applied"]
