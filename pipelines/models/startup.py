@@ -4,48 +4,69 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import torch
 
 from pipelines.demo_family.family import REPOS, build_tiny_family, default_root
 from pipelines.loras import adapters
-from pipelines.models.acceleration import setup_compile_cache, warm_up
-from pipelines.models.components import COMPONENTS
+from pipelines.models.acceleration import float8_support, setup_compile_cache, warm_up
+from pipelines.models.architectures import component_config, component_sizes
 from pipelines.models.manager import PipelineManager
-from pipelines.models.residency import (
-    accelerator_memory,
-    choose_residency,
-    needed_bytes,
-)
+from pipelines.models.memory_plan import DENSE_STORAGES, MemoryPlan, activation_bytes, choose_plan
+from pipelines.models.residency import POLICIES, accelerator_memory
 from pipelines.models.sources import ModelSources, Placement, pick_placement
 from presets.acceleration import ACCELERATION, Profile
 
 log = logging.getLogger("flux_playground")
 
 
-def demo_manager(placement, fill: bool = False, max_loras: int = 8, **options) -> PipelineManager:
-    """The manager on the tiny random-weight family, built offline on first use. As with the
-    real models, inpainting uses the Fill model only when asked (`fill`). `options` go to the
-    manager (acceleration, residency)."""
+def demo_sources(fill: bool = False) -> ModelSources:
+    """The tiny random-weight family's folders, built offline on first use. As with the real
+    models, inpainting uses the Fill model only when asked (`fill`)."""
     folders = dict(build_tiny_family(default_root()))
     if not fill:
         folders.pop("fill", None)
-    manager = PipelineManager(ModelSources(fill="").as_demo(folders), placement, local_files_only=True,
+    return ModelSources(fill="").as_demo(folders)
+
+
+def demo_manager(placement, fill: bool = False, max_loras: int = 8, **options) -> PipelineManager:
+    """The manager on the demo family. `options` go to the manager (acceleration, residency)."""
+    manager = PipelineManager(demo_sources(fill), placement, local_files_only=True,
                               max_loras=max_loras, **options)
     manager.preload()
     return manager
 
 
-def pick_residency(placement: Placement, sources: ModelSources, override: str | None) -> str:
-    """Where the models live, from the accelerator's free memory and the full-size models'
-    bytes (the demo family fits anywhere); `override` (not "auto") wins."""
-    memory = accelerator_memory(placement.device)
-    if memory is None or sources.demo:
-        return choose_residency(2 ** 62, 0, 2 ** 62, override=override)  # room for everything
-    components = [name for name in COMPONENTS if getattr(sources, COMPONENTS[name].source)]
-    needed, swappable = needed_bytes(components)
-    return choose_residency(*memory[:1], needed, memory[1], swappable_bytes=swappable, override=override)
+def free_memory(device: torch.device) -> tuple[int, bool]:
+    """(free bytes, whether they are an accelerator's): the CUDA device's, else the host's
+    (a CPU has no accelerator memory to save; its plan only says whether the models fit)."""
+    memory = accelerator_memory(device)
+    if memory is not None:
+        return memory[0], True
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), False
+
+
+def plan_memory(placement: Placement, sources: ModelSources, override: str | None,
+                quantize_allowed: bool = False) -> MemoryPlan:
+    """The memory plan for this card, from the sizes of the configured components'
+    architectures (the demo family's own); a residency `override` (not "auto") wins."""
+    if override not in (None, "", "auto", *POLICIES):
+        raise ValueError(f"residency must be auto or one of {', '.join(POLICIES)}, got {override!r}")
+    free, accelerator = free_memory(placement.device)
+    activation = activation_bytes(component_config("transformer", sources), component_config("vae", sources),
+                                  placement.dtype.itemsize, kontext=bool(sources.kontext))
+    return choose_plan(free, component_sizes(sources), activation, quantize_allowed=quantize_allowed,
+                       fp8_available=float8_support(placement.device) is None,
+                       dense=DENSE_STORAGES[placement.dtype], accelerator=accelerator, policy=override)
+
+
+def logged_plan(plan: MemoryPlan) -> MemoryPlan:
+    log.info("Memory plan:\n%s", plan.table())
+    if not plan.fits:
+        log.warning("The models may not fit in this accelerator's free memory even with %s", plan.step)
+    return plan
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -79,16 +100,22 @@ def demo_lora_folders(manager: PipelineManager) -> tuple[Path, ...]:
     return (folder,) if manager.sources.demo and folder.is_dir() else ()
 
 
-def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None]:
-    """The real models when they load; otherwise the demo family and the reason why."""
+def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None, MemoryPlan]:
+    """The real models when they load; otherwise the demo family and the reason why. With the
+    memory plan the manager was placed by."""
     placement = pick_placement(args.device, args.dtype)
     fill, max_loras = bool(args.fill_model), args.max_loras
     profile: Profile = ACCELERATION.profile(args.acceleration)
     # Before anything compiles: inductor's cache folder, and what an earlier run saved there.
     compile_cache = setup_compile_cache(args.compile_cache) if profile.compile else {}
-    manager, reason = _start(args, placement, fill, max_loras, profile)
+    manager, reason, plan = _start(args, placement, fill, max_loras, profile)
     manager.compile_info = {"cache": compile_cache, "warm_up": warm_up_compiled(manager, args.warm_up, compile_cache)}
-    return manager, reason
+    return manager, reason, plan
+
+
+def quantize_allowed(args: argparse.Namespace) -> bool:
+    """`--quantize auto`: the plan may store T5 and the transformers in fewer bits."""
+    return getattr(args, "quantize", "none") == "auto"
 
 
 def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile):
@@ -96,8 +123,7 @@ def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Prof
     if args.demo:
         log.warning("FLUX Playground is starting in DEMO mode (--demo): results come from a tiny "
                     "random-weight model and look like noise")
-        residency = pick_residency(placement, ModelSources(demo=True), args.residency)
-        return demo_manager(placement, fill, max_loras, residency=residency, **options), "started with --demo"
+        return _start_demo(args, placement, fill, max_loras, options, "started with --demo")
     if placement.device.type == "cpu" and args.device == "auto":
         reason = "no CUDA accelerator was found (FLUX.1-dev needs a GPU; pass --device cpu to try anyway)"
     else:
@@ -105,18 +131,23 @@ def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Prof
             dev=args.dev_model, kontext=args.kontext_model, redux=args.redux_model, safety=args.safety_model,
             fill=args.fill_model, canny_lora=args.canny_lora,
             depth_lora=args.depth_lora, depth=args.depth_model)
-        residency = pick_residency(placement, sources, args.residency)
-        manager = PipelineManager(sources, placement, max_loras=max_loras, residency=residency, **options)
+        plan = logged_plan(plan_memory(placement, sources, args.residency, quantize_allowed(args)))
+        manager = PipelineManager(sources, placement, max_loras=max_loras, residency=plan.residency, **options)
         try:
             manager.preload()
-            return manager, None
+            return manager, None, plan
         except Exception as error:  # gated repo, no token, offline, missing files, OOM…
             reason = f"{sources.dev} could not be loaded: {type(error).__name__}: {error}"
     if args.no_demo_fallback:
         raise SystemExit(f"FLUX Playground: {reason}")
     log.warning("FLUX Playground is starting in DEMO mode: %s", reason)
-    residency = pick_residency(placement, ModelSources(demo=True), args.residency)
-    return demo_manager(placement, fill, max_loras, residency=residency, **options), reason
+    return _start_demo(args, placement, fill, max_loras, options, reason)
+
+
+def _start_demo(args, placement: Placement, fill: bool, max_loras: int, options: dict, reason: str):
+    plan = logged_plan(plan_memory(placement, demo_sources(fill), args.residency, quantize_allowed(args)))
+    manager = demo_manager(placement, fill, max_loras, residency=plan.residency, **options)
+    return manager, reason, plan
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
