@@ -11,7 +11,13 @@ from contextlib import contextmanager
 import torch
 
 # The configs are declared once, with the architectures the memory plan counts.
-from pipelines.models.architectures import FLUX_TRANSFORMER, FLUX_VAE, MLP_RATIO, T5_TOKENS, image_tokens  # noqa: F401
+from pipelines.models.architectures import (  # noqa: F401
+    FLUX_TRANSFORMER,
+    FLUX_VAE,
+    MLP_RATIO,
+    T5_TOKENS,
+    image_tokens,
+)
 
 SIGLIP_TOKENS = 729  # Redux appends (384 / 14)^2 image tokens to the T5 tokens
 

@@ -17,10 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.models.architectures import MLP_RATIO, T5_TOKENS, ComponentSize, image_tokens
+from pipelines.models.architectures import (
+    MLP_RATIO,
+    T5_TOKENS,
+    ComponentSize,
+    image_tokens,
+)
 from pipelines.models.components import TRANSFORMERS
+from presets.acceleration import GiB
 
-GiB = 2**30
 RESIDENT, SWAP, OFFLOAD = "resident", "swap", "offload"  # the names of residency.POLICIES
 T5 = "text_encoder_2"
 # Under `nvidia-smi`'s total: the CUDA context and the driver's reserve, for simulated cards.

@@ -22,16 +22,6 @@ from presets.acceleration import ACCELERATION, ResidencySettings
 
 POLICIES = ("resident", "swap", "offload")
 
-# bf16 bytes of the full-size components, to choose a policy before anything is loaded:
-# 11.9B-parameter FLUX transformers, T5-XXL's encoder, CLIP-L, the VAE, SigLIP and Redux's
-# embedder, Depth Anything V2 Small.
-FULL_SIZE_BYTES = {
-    "transformer": 23_800_000_000, "kontext_transformer": 23_800_000_000, "fill_transformer": 23_800_000_000,
-    "text_encoder_2": 9_520_000_000, "text_encoder": 246_000_000, "vae": 168_000_000,
-    "image_encoder": 856_000_000, "image_embedder": 129_000_000, "depth_estimator": 50_000_000,
-}
-
-
 def tensor_bytes(module: torch.nn.Module) -> int:
     """Bytes of a module's parameters and buffers."""
     tensors = list(module.parameters()) + list(module.buffers())
@@ -46,14 +36,6 @@ def unique_tensor_bytes(modules: list[torch.nn.Module]) -> int:
             storage = tensor.untyped_storage()
             seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
     return sum(seen.values())
-
-
-def needed_bytes(components: list[str]) -> tuple[int, int]:
-    """(all, swappable) full-size bytes of the given components: swappable are the FLUX
-    transformers but the largest, which may wait on the CPU under the "swap" policy."""
-    sizes = [FULL_SIZE_BYTES.get(name, 0) for name in components]
-    transformers = sorted((FULL_SIZE_BYTES[n] for n in components if n.endswith("transformer")), reverse=True)
-    return sum(sizes), sum(transformers[1:])
 
 
 def choose_residency(free_bytes: int, needed_bytes: int, total_bytes: int, *, swappable_bytes: int = 0,

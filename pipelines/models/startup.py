@@ -14,7 +14,12 @@ from pipelines.loras import adapters
 from pipelines.models.acceleration import float8_support, setup_compile_cache, warm_up
 from pipelines.models.architectures import component_config, component_sizes
 from pipelines.models.manager import PipelineManager
-from pipelines.models.memory_plan import DENSE_STORAGES, MemoryPlan, activation_bytes, choose_plan
+from pipelines.models.memory_plan import (
+    DENSE_STORAGES,
+    MemoryPlan,
+    activation_bytes,
+    choose_plan,
+)
 from pipelines.models.residency import POLICIES, accelerator_memory
 from pipelines.models.sources import ModelSources, Placement, pick_placement
 from presets.acceleration import ACCELERATION, Profile
