@@ -21,28 +21,13 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from pipelines.accelerator_queue import (
-    AcceleratorQueue,
-    Ticket,
-    WaitCallback,
-    request_work,
-)
-from pipelines.errors import (  # noqa: F401 (the adapters import them from here)
-    FieldError,
-    GenerationCancelled,
-    GenerationError,
-    ServerBusy,
-)
+from pipelines.accelerator_queue import AcceleratorQueue, Ticket, WaitCallback, request_work
+from pipelines.errors import FieldError, GenerationCancelled, GenerationError, ServerBusy  # noqa: F401 (the adapters import them from here)
 from pipelines.fetch import FetchPolicy
 from pipelines.imaging.images import MIME_TYPES, encode_image
 from pipelines.loras.adapters import load_failure
 from pipelines.loras.hub import HubAccess, Report, quiet
-from pipelines.loras.sources import (
-    LoraSourcePolicy,
-    default_name,
-    fetch_lora,
-    given_source,
-)
+from pipelines.loras.sources import LoraSourcePolicy, default_name, fetch_lora, given_source
 from pipelines.models.acceleration import request_cache_kind
 from pipelines.models.manager import PipelineManager
 from pipelines.models.memory_plan import MemoryPlan
