@@ -167,7 +167,7 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
     if missing:  # a mode declared in the table needs its entry in the parameter file
         raise SystemExit(f"FLUX Playground: {PARAMETERS_FILE} has no [modes.{missing[0]}] entry; every mode of "
                          f"pipelines/modes/table.py needs one (missing: {', '.join(missing)})")
-    manager, demo_reason = start_manager(args)
+    manager, demo_reason, memory_plan = start_manager(args)
     store = ResultStore(Path(args.outputs_dir), retention_seconds=args.retention_hours * 3600)
     store.start_sweeper()
     safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
@@ -177,7 +177,7 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
         fetch=FetchPolicy(allow_private=args.allow_private_urls, max_bytes=int(args.max_lora_mb * 1024 * 1024),
                           timeout_seconds=args.lora_time_limit))
     playground = Playground(manager, store, demo_reason, safety, max_waiting=args.max_queue,
-                            time_limit_seconds=args.time_limit, lora_sources=lora_sources)
+                            time_limit_seconds=args.time_limit, lora_sources=lora_sources, memory_plan=memory_plan)
     app = FastAPI(title="FLUX Playground", description=__doc__, docs_url="/docs", redoc_url=None)
     app.add_middleware(ArrivalStamp)
     max_bytes = int(args.max_upload_mb * 1024 * 1024)

@@ -1,7 +1,6 @@
 """The full-size FLUX.1 architectures, built with random weights, and what one forward costs.
 
-The configs are the hub's (black-forest-labs/FLUX.1-dev transformer/ and vae/config.json;
-FLUX.1-Kontext-dev's transformer config is the same as dev's). Nothing is downloaded: the
+The configs are the hub's (`pipelines.models.architectures` cites them). Nothing is downloaded: the
 models are built on the device with random weights, which cost exactly what trained ones do.
 """
 
@@ -11,26 +10,16 @@ from contextlib import contextmanager
 
 import torch
 
-FLUX_TRANSFORMER = {
-    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
-    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
-    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
-}
-FLUX_VAE = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16,
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
-    "act_fn": "silu", "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-    "force_upcast": True, "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
-}
-T5_TOKENS = 512  # FluxPipeline's max_sequence_length
+# The configs are declared once, with the architectures the memory plan counts.
+from pipelines.models.architectures import (  # noqa: F401
+    FLUX_TRANSFORMER,
+    FLUX_VAE,
+    MLP_RATIO,
+    T5_TOKENS,
+    image_tokens,
+)
+
 SIGLIP_TOKENS = 729  # Redux appends (384 / 14)^2 image tokens to the T5 tokens
-MLP_RATIO = 4  # both block kinds: FeedForward's default mult, FluxSingleTransformerBlock's mlp_ratio
-
-
-def image_tokens(width: int, height: int) -> int:
-    """Packed latent tokens: the VAE's 8x downscale, then 2x2 patches."""
-    return (width // 16) * (height // 16)
 
 
 def _linear(tokens: int, n_in: int, n_out: int) -> int:

@@ -30,6 +30,7 @@ from pipelines.loras.hub import HubAccess, Report, quiet
 from pipelines.loras.sources import LoraSourcePolicy, default_name, fetch_lora, given_source
 from pipelines.models.acceleration import request_cache_kind
 from pipelines.models.manager import PipelineManager
+from pipelines.models.memory_plan import MemoryPlan
 from pipelines.modes.fields import format_loras
 from pipelines.modes.generation import StepCache, StepCallback, generate
 from pipelines.modes.parsing import parse_request
@@ -105,8 +106,9 @@ class Playground:
 
     def __init__(self, manager: PipelineManager, store: ResultStore, demo_reason: str | None = None,
                  safety: SafetyChecker | None = None, max_waiting: int = 16, time_limit_seconds: float = 0,
-                 lora_sources: LoraSourcePolicy | None = None):
+                 lora_sources: LoraSourcePolicy | None = None, memory_plan: MemoryPlan | None = None):
         self.manager = manager
+        self.memory_plan = memory_plan  # chosen at start (startup.plan_memory), shown in `/status`
         self.lora_sources = lora_sources or LoraSourcePolicy((Path("loras"),), FetchPolicy())
         self.store = store
         self.demo_reason = demo_reason
@@ -125,6 +127,8 @@ class Playground:
         state["models"] = {name: self.manager.sources.label(mode.route_for(self.fill).models)
                            for name, mode in MODES.items()}
         state["demo_reason"] = self.demo_reason
+        if self.memory_plan is not None:
+            state["plan"] = self.memory_plan.status()
         if self.safety is not None:
             state["safety_checker"] = self.safety.status()
         return state

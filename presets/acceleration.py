@@ -60,12 +60,6 @@ class CompileSettings:
 
 
 @dataclass(frozen=True)
-class ResidencySettings:
-    small_gpu_bytes: int
-    headroom_bytes: int
-
-
-@dataclass(frozen=True)
 class Acceleration:
     default: str
     profiles: Mapping[str, Profile]
@@ -76,7 +70,6 @@ class Acceleration:
     first_block: FirstBlockCache
     taylorseer: TaylorSeerCache
     compile: CompileSettings
-    residency: ResidencySettings
 
     def profile(self, name: str | None = None) -> Profile:
         """A profile by name ("" or None: the default)."""
@@ -123,10 +116,6 @@ def load_acceleration(path: Path = ACCELERATION_FILE) -> Acceleration:
             fullgraph=compile_["fullgraph"], recompile_limit=compile_["recompile_limit"],
             cache_dir=compile_["cache_dir"], warmup_steps=compile_["warmup_steps"],
             warmup_sizes=tuple((int(w), int(h)) for w, h in compile_["warmup_sizes"]),
-        ),
-        residency=ResidencySettings(
-            small_gpu_bytes=int(data["residency"]["small_gpu_gib"] * GiB),
-            headroom_bytes=int(data["residency"]["headroom_gib"] * GiB),
         ),
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from pipelines.models.components import TRANSFORMERS
 
 QUANTIZE_CHOICES = ("none", "int8", "fp8", "nf4", "auto")
 QUANTIZABLE = (*TRANSFORMERS, "text_encoder_2")
+QUANTIZED = ("int8", "fp8", "nf4")
 # What PEFT cannot attach a LoRA to, per storage type.
 LORA_REFUSALS = {"fp8": "PEFT cannot attach LoRAs to torchao float8 layers"}
 
@@ -77,10 +79,10 @@ def unsupported(storage: str, device: torch.device) -> str | None:
     return None
 
 
-def auto_storage(device: torch.device) -> dict[str, str]:
-    """`--quantize auto`: per component, its storage type. A hook for the memory plan, which
-    will choose from free memory; until then every component keeps the model's dtype."""
-    return {}
+def planned_storage(planned: Mapping[str, str]) -> dict[str, str]:
+    """`--quantize auto`: the quantized storage the memory plan chose, per component (the
+    components it keeps in the model's dtype are left out)."""
+    return {name: storage for name, storage in planned.items() if name in QUANTIZABLE and storage in QUANTIZED}
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,15 @@ class QuantizationPlan:
                 "loras": self.lora_refusal() or "allowed"}
 
 
-def plan_quantization(requested: str, device: torch.device) -> QuantizationPlan:
+def plan_quantization(requested: str, device: torch.device,
+                      planned: Mapping[str, str] | None = None) -> QuantizationPlan:
     """The plan for `--quantize requested` on `device`: a type that cannot run here falls back
-    to none, and the plan says why (start-up logs it, `/status` shows it)."""
+    to none, and the plan says why (start-up logs it, `/status` shows it). With `auto`, what
+    the memory plan chose (`planned`: storage per component)."""
     if requested not in QUANTIZE_CHOICES:
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {requested!r}")
     if requested == "auto":
-        return QuantizationPlan("auto", auto_storage(device))
+        return QuantizationPlan("auto", planned_storage(planned or {}))
     if requested == "none":
         return QuantizationPlan()
     reason = unsupported(requested, device)

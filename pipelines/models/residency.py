@@ -7,7 +7,8 @@
 - offload: a small GPU (24 GB or less) cannot hold even one 12B transformer; diffusers'
   group offloading streams the blocks of each component in as they run.
 
-`choose_residency` is a pure function of memory figures, so the choice is testable anywhere.
+Which one, for the card and the models configured, the memory plan chooses
+(`pipelines/models/memory_plan.py`); this module carries it out.
 """
 
 from __future__ import annotations
@@ -18,19 +19,8 @@ from typing import Any
 
 import torch
 
-from presets.acceleration import ACCELERATION, ResidencySettings
 
 POLICIES = ("resident", "swap", "offload")
-
-# bf16 bytes of the full-size components, to choose a policy before anything is loaded:
-# 11.9B-parameter FLUX transformers, T5-XXL's encoder, CLIP-L, the VAE, SigLIP and Redux's
-# embedder, Depth Anything V2 Small.
-FULL_SIZE_BYTES = {
-    "transformer": 23_800_000_000, "kontext_transformer": 23_800_000_000, "fill_transformer": 23_800_000_000,
-    "text_encoder_2": 9_520_000_000, "text_encoder": 246_000_000, "vae": 168_000_000,
-    "image_encoder": 856_000_000, "image_embedder": 129_000_000, "depth_estimator": 50_000_000,
-}
-
 
 def stored_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
     """A module's parameters and buffers as stored: a quantized tensor subclass (torchao's)
@@ -58,33 +48,6 @@ def unique_tensor_bytes(modules: list[torch.nn.Module]) -> int:
             storage = tensor.untyped_storage()
             seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
     return sum(seen.values())
-
-
-def needed_bytes(components: list[str]) -> tuple[int, int]:
-    """(all, swappable) full-size bytes of the given components: swappable are the FLUX
-    transformers but the largest, which may wait on the CPU under the "swap" policy."""
-    sizes = [FULL_SIZE_BYTES.get(name, 0) for name in components]
-    transformers = sorted((FULL_SIZE_BYTES[n] for n in components if n.endswith("transformer")), reverse=True)
-    return sum(sizes), sum(transformers[1:])
-
-
-def choose_residency(free_bytes: int, needed_bytes: int, total_bytes: int, *, swappable_bytes: int = 0,
-                     override: str | None = None,
-                     settings: ResidencySettings = ACCELERATION.residency) -> str:
-    """The residency policy for an accelerator with `free_bytes` of `total_bytes` free, when all
-    modes' components need `needed_bytes`, of which `swappable_bytes` may wait on the CPU
-    (every FLUX transformer but the largest). `override` ("auto" or None: choose) wins."""
-    if override not in (None, "", "auto"):
-        if override not in POLICIES:
-            raise ValueError(f"residency must be auto or one of {', '.join(POLICIES)}, got {override!r}")
-        return override
-    if total_bytes <= settings.small_gpu_bytes:
-        return "offload"
-    if needed_bytes + settings.headroom_bytes <= free_bytes:
-        return "resident"
-    if needed_bytes - swappable_bytes + settings.headroom_bytes <= free_bytes:
-        return "swap"
-    return "offload"
 
 
 def accelerator_memory(device: torch.device | str) -> tuple[int, int] | None:

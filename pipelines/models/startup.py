@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,15 +12,17 @@ import torch
 
 from pipelines.demo_family.family import REPOS, build_tiny_family, default_root
 from pipelines.loras import adapters
-from pipelines.models.acceleration import setup_compile_cache, warm_up
-from pipelines.models.components import COMPONENTS
+from pipelines.models.acceleration import float8_support, setup_compile_cache, warm_up
+from pipelines.models.architectures import component_config, component_sizes
 from pipelines.models.manager import PipelineManager
-from pipelines.models.quantization import plan_quantization
-from pipelines.models.residency import (
-    accelerator_memory,
-    choose_residency,
-    needed_bytes,
+from pipelines.models.memory_plan import (
+    DENSE_STORAGES,
+    MemoryPlan,
+    activation_bytes,
+    choose_plan,
 )
+from pipelines.models.quantization import plan_quantization
+from pipelines.models.residency import POLICIES, accelerator_memory
 from pipelines.models.single_file import is_single_file
 from pipelines.models.sources import ModelSources, Placement, pick_placement
 from presets.acceleration import ACCELERATION, Profile
@@ -27,27 +30,32 @@ from presets.acceleration import ACCELERATION, Profile
 log = logging.getLogger("flux_playground")
 
 
-def demo_manager(placement, fill: bool = False, max_loras: int = 8, dev_file: str | None = None,
-                 **options) -> PipelineManager:
-    """The manager on the tiny random-weight family, built offline on first use. As with the
-    real models, inpainting uses the Fill model only when asked (`fill`); `dev_file`: a single
-    transformer file (.safetensors, .gguf) instead of the demo dev transformer. `options` go to
-    the manager (acceleration, residency, quantization)."""
+def demo_sources(fill: bool = False, dev_file: str | None = None) -> ModelSources:
+    """The tiny random-weight family's folders, built offline on first use. As with the real
+    models, inpainting uses the Fill model only when asked (`fill`); `dev_file`: a single
+    transformer file (.safetensors, .gguf) instead of the demo dev transformer."""
     folders = dict(build_tiny_family(default_root()))
     if not fill:
         folders.pop("fill", None)
     sources = ModelSources(fill="").as_demo(folders)
-    if dev_file:
-        sources = replace(sources, dev=dev_file)
-    manager = PipelineManager(sources, placement, local_files_only=True,
+    return replace(sources, dev=dev_file) if dev_file else sources
+
+
+def demo_manager(placement, fill: bool = False, max_loras: int = 8, dev_file: str | None = None,
+                 **options) -> PipelineManager:
+    """The manager on the demo family. `options` go to the manager (acceleration, residency,
+    quantization)."""
+    manager = PipelineManager(demo_sources(fill, dev_file), placement, local_files_only=True,
                               max_loras=max_loras, **options)
     manager.preload()
     return manager
 
 
-def start_quantization(requested: str, placement: Placement):
-    """The --quantize plan here; a type that cannot run here is logged and falls back to none."""
-    plan = plan_quantization(requested, placement.device)
+def start_quantization(requested: str, placement: Placement, memory: MemoryPlan):
+    """The --quantize plan here (with `auto`, the memory plan's choice); a type that cannot run
+    here is logged and falls back to none."""
+    plan = plan_quantization(requested, placement.device,
+                             {component.name: component.storage for component in memory.components})
     if plan.fallback:
         log.warning("FLUX Playground: %s", plan.fallback)
     if plan.lora_refusal():
@@ -55,15 +63,34 @@ def start_quantization(requested: str, placement: Placement):
     return plan
 
 
-def pick_residency(placement: Placement, sources: ModelSources, override: str | None) -> str:
-    """Where the models live, from the accelerator's free memory and the full-size models'
-    bytes (the demo family fits anywhere); `override` (not "auto") wins."""
-    memory = accelerator_memory(placement.device)
-    if memory is None or sources.demo:
-        return choose_residency(2 ** 62, 0, 2 ** 62, override=override)  # room for everything
-    components = [name for name in COMPONENTS if getattr(sources, COMPONENTS[name].source)]
-    needed, swappable = needed_bytes(components)
-    return choose_residency(*memory[:1], needed, memory[1], swappable_bytes=swappable, override=override)
+def free_memory(device: torch.device) -> tuple[int, bool]:
+    """(free bytes, whether they are an accelerator's): the CUDA device's, else the host's
+    (a CPU has no accelerator memory to save; its plan only says whether the models fit)."""
+    memory = accelerator_memory(device)
+    if memory is not None:
+        return memory[0], True
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), False
+
+
+def plan_memory(placement: Placement, sources: ModelSources, override: str | None,
+                quantize_allowed: bool = False) -> MemoryPlan:
+    """The memory plan for this card, from the sizes of the configured components'
+    architectures (the demo family's own); a residency `override` (not "auto") wins."""
+    if override not in (None, "", "auto", *POLICIES):
+        raise ValueError(f"residency must be auto or one of {', '.join(POLICIES)}, got {override!r}")
+    free, accelerator = free_memory(placement.device)
+    activation = activation_bytes(component_config("transformer", sources), component_config("vae", sources),
+                                  placement.dtype.itemsize, kontext=bool(sources.kontext))
+    return choose_plan(free, component_sizes(sources), activation, quantize_allowed=quantize_allowed,
+                       fp8_available=float8_support(placement.device) is None,
+                       dense=DENSE_STORAGES[placement.dtype], accelerator=accelerator, policy=override)
+
+
+def logged_plan(plan: MemoryPlan) -> MemoryPlan:
+    log.info("Memory plan:\n%s", plan.table())
+    if not plan.fits:
+        log.warning("The models may not fit in this accelerator's free memory even with %s", plan.step)
+    return plan
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -97,27 +124,30 @@ def demo_lora_folders(manager: PipelineManager) -> tuple[Path, ...]:
     return (folder,) if manager.sources.demo and folder.is_dir() else ()
 
 
-def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None]:
-    """The real models when they load; otherwise the demo family and the reason why."""
+def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None, MemoryPlan]:
+    """The real models when they load; otherwise the demo family and the reason why. With the
+    memory plan the manager was placed by."""
     placement = pick_placement(args.device, args.dtype)
     fill, max_loras = bool(args.fill_model), args.max_loras
     profile: Profile = ACCELERATION.profile(args.acceleration)
     # Before anything compiles: inductor's cache folder, and what an earlier run saved there.
     compile_cache = setup_compile_cache(args.compile_cache) if profile.compile else {}
-    manager, reason = _start(args, placement, fill, max_loras, profile)
+    manager, reason, plan = _start(args, placement, fill, max_loras, profile)
     manager.compile_info = {"cache": compile_cache, "warm_up": warm_up_compiled(manager, args.warm_up, compile_cache)}
-    return manager, reason
+    return manager, reason, plan
+
+
+def quantize_allowed(args: argparse.Namespace) -> bool:
+    """`--quantize auto`: the plan may store T5 and the transformers in fewer bits."""
+    return getattr(args, "quantize", "none") == "auto"
 
 
 def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile):
-    options = {"acceleration": profile, "lora_rank": args.lora_rank,
-               "quantization": start_quantization(args.quantize, placement)}
+    options = {"acceleration": profile, "lora_rank": args.lora_rank}
     if args.demo:
         log.warning("FLUX Playground is starting in DEMO mode (--demo): results come from a tiny "
                     "random-weight model and look like noise")
-        residency = pick_residency(placement, ModelSources(demo=True), args.residency)
-        dev_file = args.dev_model if args.dev_model and is_single_file(args.dev_model) else None
-        return demo_manager(placement, fill, max_loras, dev_file, residency=residency, **options), "started with --demo"
+        return _start_demo(args, placement, fill, max_loras, options, "started with --demo")
     if placement.device.type == "cpu" and args.device == "auto":
         reason = "no CUDA accelerator was found (FLUX.1-dev needs a GPU; pass --device cpu to try anyway)"
     else:
@@ -125,18 +155,26 @@ def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Prof
             dev=args.dev_model, kontext=args.kontext_model, redux=args.redux_model, safety=args.safety_model,
             fill=args.fill_model, canny_lora=args.canny_lora,
             depth_lora=args.depth_lora, depth=args.depth_model, base=args.base_model)
-        residency = pick_residency(placement, sources, args.residency)
-        manager = PipelineManager(sources, placement, max_loras=max_loras, residency=residency, **options)
+        plan = logged_plan(plan_memory(placement, sources, args.residency, quantize_allowed(args)))
+        manager = PipelineManager(sources, placement, max_loras=max_loras, residency=plan.residency,
+                                  quantization=start_quantization(args.quantize, placement, plan), **options)
         try:
             manager.preload()
-            return manager, None
+            return manager, None, plan
         except Exception as error:  # gated repo, no token, offline, missing files, OOM…
             reason = f"{sources.dev} could not be loaded: {type(error).__name__}: {error}"
     if args.no_demo_fallback:
         raise SystemExit(f"FLUX Playground: {reason}")
     log.warning("FLUX Playground is starting in DEMO mode: %s", reason)
-    residency = pick_residency(placement, ModelSources(demo=True), args.residency)
-    return demo_manager(placement, fill, max_loras, residency=residency, **options), reason
+    return _start_demo(args, placement, fill, max_loras, options, reason)
+
+
+def _start_demo(args, placement: Placement, fill: bool, max_loras: int, options: dict, reason: str):
+    dev_file = args.dev_model if args.dev_model and is_single_file(args.dev_model) else None
+    plan = logged_plan(plan_memory(placement, demo_sources(fill, dev_file), args.residency, quantize_allowed(args)))
+    manager = demo_manager(placement, fill, max_loras, dev_file, residency=plan.residency,
+                           quantization=start_quantization(args.quantize, placement, plan), **options)
+    return manager, reason, plan
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

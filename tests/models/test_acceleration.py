@@ -16,7 +16,7 @@ from pipelines.models.acceleration import (
     request_cache,
     request_cache_kind,
 )
-from presets.acceleration import ACCELERATION, GiB, compile_cache_dir, load_acceleration
+from presets.acceleration import ACCELERATION, compile_cache_dir, load_acceleration
 
 SIZE, STEPS = 256, 3
 
@@ -232,24 +232,6 @@ def test_warm_up_runs_every_size_and_saves(tmp_path):
 
 
 # --- residency ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("free, needed, total, swappable, override, expected", [
-    (130 * GiB, 58 * GiB, 141 * GiB, 24 * GiB, None, "resident"),  # H200: everything stays
-    (75 * GiB, 58 * GiB, 80 * GiB, 24 * GiB, None, "resident"),  # H100 80 GB holds dev and Kontext
-    (75 * GiB, 82 * GiB, 80 * GiB, 48 * GiB, None, "swap"),  # ... but not Fill too: one at a time
-    (44 * GiB, 58 * GiB, 48 * GiB, 24 * GiB, None, "offload"),  # 48 GB: one transformer + T5 + headroom
-    (23 * GiB, 58 * GiB, 24 * GiB, 24 * GiB, None, "offload"),  # a 24 GB card
-    (130 * GiB, 58 * GiB, 141 * GiB, 24 * GiB, "swap", "swap"),
-    (10 * GiB, 58 * GiB, 141 * GiB, 24 * GiB, "auto", "offload"),
-])
-def test_residency_policy(free, needed, total, swappable, override, expected):
-    assert residency.choose_residency(free, needed, total, swappable_bytes=swappable, override=override) == expected
-
-
-def test_residency_policy_rejects_unknown_overrides():
-    with pytest.raises(ValueError, match="resident, swap, offload"):
-        residency.choose_residency(1, 1, 1, override="sometimes")
-
 
 def test_swap_round_trip_is_exact_and_counted(fresh, plain):
     dev, other = fresh(), fresh()

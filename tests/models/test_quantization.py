@@ -118,8 +118,18 @@ def test_loras_on_a_float8_transformer_are_refused_by_name(files):
     assert raised.value.field == "loras"
 
 
-def test_auto_is_none_until_the_memory_plan_fills_it():
-    assert plan_quantization("auto", torch.device("cpu")).storage == {}
+def test_auto_stores_what_the_memory_plan_chose():
+    from pipelines.models import memory_plan
+    from pipelines.models.architectures import component_sizes
+    from pipelines.models.sources import ModelSources
+
+    # A 16 GB card with quantization allowed: T5 and the transformers in NF4 (README's table).
+    sizes = component_sizes(ModelSources(fill=""))
+    plan = memory_plan.choose_plan(memory_plan.simulated_free_bytes(16), sizes, 3 * 2**30, quantize_allowed=True,
+                                   fp8_available=True)
+    chosen = plan_quantization("auto", torch.device("cuda"), {c.name: c.storage for c in plan.components})
+    assert chosen.storage == {"transformer": "nf4", "kontext_transformer": "nf4", "text_encoder_2": "nf4"}
+    assert plan_quantization("auto", torch.device("cpu")).storage == {}  # nothing planned: the dtype
     with pytest.raises(ValueError, match="--quantize must be one of"):
         plan_quantization("int4", torch.device("cpu"))
 

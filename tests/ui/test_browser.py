@@ -77,26 +77,36 @@ def test_dropping_a_saved_image_on_a_tab_restores_its_parameters(page, client):
     assert panel.get_by_label("Steps").first.input_value() == "3"
 
 
-def test_inpaint_paints_a_mask_in_the_editor_and_keeps_the_rest(page):
-    panel = open_tab(page, "Inpaint")
-    upload_hint = panel.locator("#inpaint-editor").get_by_text("Drop an image here")
-    for _ in range(3):  # on a loaded machine the editor sometimes misses an upload: give it again
-        panel.locator("#inpaint-editor input[type=file]").first.set_input_files(str(REPO / EXAMPLE_BIRD))
+def upload_to_editor(page, panel, image) -> None:
+    """Give the inpaint editor `image`. On a loaded machine it sometimes drops an upload (its
+    placeholder comes back): give it again until the image has stayed for a moment."""
+    hint = panel.locator("#inpaint-editor").get_by_text("Drop an image here")
+    for _ in range(4):
+        panel.locator("#inpaint-editor input[type=file]").first.set_input_files(image)
         try:
-            upload_hint.wait_for(state="hidden", timeout=15_000)
-            break
+            hint.wait_for(state="hidden", timeout=15_000)
+            page.wait_for_timeout(1500)  # the editor draws the image before it takes strokes
+            if not hint.is_visible():
+                return
         except Exception:
             continue
-    canvas = panel.locator("#inpaint-editor canvas").first
-    canvas.wait_for()
-    page.wait_for_timeout(1000)  # the editor draws the uploaded image before it takes strokes
-    box = canvas.bounding_box()
+    raise AssertionError("the image editor never kept the uploaded image")
+
+
+def paint_a_stroke(page, panel) -> None:
+    box = panel.locator("#inpaint-editor canvas").first.bounding_box()
     x, y = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.4
     page.mouse.move(x, y)
     page.mouse.down()
     for step in range(1, 11):
         page.mouse.move(x + step * 8, y + step * 4)
     page.mouse.up()
+
+
+def test_inpaint_paints_a_mask_in_the_editor_and_keeps_the_rest(page):
+    panel = open_tab(page, "Inpaint")
+    upload_to_editor(page, panel, str(REPO / EXAMPLE_BIRD))
+    paint_a_stroke(page, panel)
     panel.get_by_label("Prompt").first.fill("a red balloon")
     open_settings(panel).get_by_label("Steps").first.fill("4")
     generate(page, panel, "inpaint")
