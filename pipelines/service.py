@@ -265,6 +265,8 @@ class Playground:
                 flags = self._safety_flags(request, images)
             except GenerationError:
                 raise
+            except FieldError as error:  # what this server's models cannot do (--quantize), said plainly
+                raise GenerationError(error.message, title="Not available on this server") from None
             except torch.OutOfMemoryError:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

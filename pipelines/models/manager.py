@@ -192,9 +192,10 @@ class PipelineManager:
         return pipes
 
     def _set_adapters(self, pipe, control: str | None, loras: tuple[tuple[str, float], ...]) -> None:
-        refusal = self.quantization.lora_refusal() if control or loras else None
+        refusal = self.quantization.control_refusal() if control else None
+        refusal = refusal or (self.quantization.lora_refusal() if loras else None)
         if refusal:
-            raise FieldError("control" if control else "loras", refusal)
+            raise FieldError("control_type" if control else "loras", refusal)
         # Loading the control LoRA may download or fail: before anything is taken off.
         needed = control is not None and self.loras.needs_rebuild(control)
         self.loras.set_for_request(pipe, control, self.component(f"{control}_lora") if needed else None, loras)

@@ -24,6 +24,8 @@ QUANTIZABLE = (*TRANSFORMERS, "text_encoder_2")
 QUANTIZED = ("int8", "fp8", "nf4")
 # What PEFT cannot attach a LoRA to, per storage type.
 LORA_REFUSALS = {"fp8": "PEFT cannot attach LoRAs to torchao float8 layers"}
+# What takes users' LoRAs but not BFL's control LoRAs (they carry LoRA biases), per storage type.
+CONTROL_REFUSALS = {"int8": "PEFT's torchao int8 layers take no LoRA biases, which BFL's Canny and Depth LoRAs carry"}
 
 
 # --- one config per storage type; `library` is "diffusers" or "transformers" -----------------
@@ -32,24 +34,34 @@ def _quantization_module(library: str):
     return importlib.import_module("diffusers" if library == "diffusers" else "transformers")
 
 
+def kept_dense(library: str) -> list[str]:
+    """Modules of a FLUX transformer left in the model's dtype: BFL's Canny and Depth LoRAs widen
+    `x_embedder` (the image tokens' input projection, 64 -> 128 channels), which a quantized
+    layer cannot be; it holds 0.2M of the 12B weights."""
+    return ["x_embedder"] if library == "diffusers" else []
+
+
 def int8_config(library: str):
     """torchao int8 weight-only: int8 weights with per-row scales, matmuls in the model's dtype."""
     from torchao.quantization import Int8WeightOnlyConfig
 
-    return _quantization_module(library).TorchAoConfig(Int8WeightOnlyConfig())
+    return _quantization_module(library).TorchAoConfig(Int8WeightOnlyConfig(),
+                                                       modules_to_not_convert=kept_dense(library) or None)
 
 
 def fp8_config(library: str):
     """torchao float8: e4m3 weights and activations with per-row scales, on float8 tensor cores."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
-    return _quantization_module(library).TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return _quantization_module(library).TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+                                                       modules_to_not_convert=kept_dense(library) or None)
 
 
 def nf4_config(library: str):
     """bitsandbytes 4-bit NF4 with bfloat16 compute (QLoRA's format)."""
     return _quantization_module(library).BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=kept_dense(library) or None)
 
 
 CONFIGS: dict[str, Callable[[str], Any]] = {"int8": int8_config, "fp8": fp8_config, "nf4": nf4_config}
@@ -101,9 +113,17 @@ class QuantizationPlan:
         reason = LORA_REFUSALS.get(self.storage_of(component))
         return f"LoRAs are off: {component} is stored as {self.storage_of(component)} and {reason}" if reason else None
 
+    def control_refusal(self, component: str = "transformer") -> str | None:
+        """Why structural control (a control LoRA) cannot run on `component` as stored, or None."""
+        reason = self.lora_refusal(component)
+        if reason is None and self.storage_of(component) in CONTROL_REFUSALS:
+            reason = (f"Control is off: {component} is stored as {self.storage_of(component)} and "
+                      f"{CONTROL_REFUSALS[self.storage_of(component)]}; start without --quantize for control")
+        return reason
+
     def status(self) -> dict[str, Any]:
         return {"requested": self.requested, "storage": dict(self.storage), "fallback": self.fallback,
-                "loras": self.lora_refusal() or "allowed"}
+                "loras": self.lora_refusal() or "allowed", "control": self.control_refusal() or "allowed"}
 
 
 def plan_quantization(requested: str, device: torch.device,

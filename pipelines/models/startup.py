@@ -60,6 +60,8 @@ def start_quantization(requested: str, placement: Placement, memory: MemoryPlan)
         log.warning("FLUX Playground: %s", plan.fallback)
     if plan.lora_refusal():
         log.warning("FLUX Playground: %s; requests with LoRAs or control are refused", plan.lora_refusal())
+    elif plan.control_refusal():
+        log.warning("FLUX Playground: %s; control requests are refused", plan.control_refusal())
     return plan
 
 
