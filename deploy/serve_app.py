@@ -120,15 +120,29 @@ class RayRunner:
         self.served: dict[str, int] = {}
         self.devices: dict[str, str] = {}
         self.retries = 0
+        self.running = 0  # requests at a worker now
         self._lock = threading.Lock()
 
     def run(self, request: GenerationRequest, request_id: str, on_step: StepCallback | None,
             cancel: threading.Event | None) -> Generated:
         started = time.monotonic()
+        with self._lock:
+            self.running += 1
+        try:
+            generated = self._run_with_retries(request, request_id, on_step, cancel)
+        finally:
+            with self._lock:
+                self.running -= 1
+        with self._lock:
+            self.served[generated.worker] = self.served.get(generated.worker, 0) + 1
+        # The worker's clock is not ours: time the run as the ingress saw it.
+        generated.started, generated.finished = started, time.monotonic()
+        return generated
+
+    def _run_with_retries(self, request, request_id, on_step, cancel) -> Generated:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                generated = self._run_once(request, request_id, on_step, cancel)
-                break
+                return self._run_once(request, request_id, on_step, cancel)
             except WORKER_LOST as error:
                 if attempt == MAX_ATTEMPTS:
                     raise
@@ -136,11 +150,7 @@ class RayRunner:
                     self.retries += 1
                 log.warning("request %s: worker lost (%s); sending it again (attempt %d)", request_id,
                             type(error).__name__, attempt + 1)
-        with self._lock:
-            self.served[generated.worker] = self.served.get(generated.worker, 0) + 1
-        # The worker's clock is not ours: time the run as the ingress saw it.
-        generated.started, generated.finished = started, time.monotonic()
-        return generated
+        raise AssertionError("unreachable")
 
     def _run_once(self, request, request_id, on_step, cancel) -> Generated:
         stream = self.workers.options(stream=True).generate.remote(request, request_id)
@@ -157,8 +167,9 @@ class RayRunner:
     def status(self) -> dict[str, Any]:
         """The workers Serve runs now, and what each has served through this ingress."""
         with self._lock:
-            served, retries = dict(self.served), self.retries
-        return {"replicas": running_replicas("FluxWorker"), "requests_served": served, "retries": retries}
+            served, retries, running = dict(self.served), self.retries, self.running
+        return {"replicas": running_replicas("FluxWorker"), "requests_served": served, "running": running,
+                "retries": retries}
 
 
 def running_replicas(deployment: str) -> dict[str, int]:
@@ -191,6 +202,6 @@ def build_app(config: dict[str, Any]):
     """`serve run deploy/serve.yaml`'s builder. `config`: `flags` (the app's command-line flags,
     e.g. "--demo"), `workers` (how many requests the ingress sends at once: the workers'
     num_replicas, or autoscaling's max_replicas)."""
-    flags = config.get("flags", "")
-    workers = FluxWorker.bind(flags)
-    return FluxIngress.bind(workers, flags, int(config.get("workers", 1)))
+    flags, count = config.get("flags", ""), int(config.get("workers", 1))
+    workers = FluxWorker.options(num_replicas=count).bind(flags)
+    return FluxIngress.bind(workers, flags, count)
