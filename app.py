@@ -168,7 +168,8 @@ def create_server(args: argparse.Namespace, runner: Runner | None = None) -> tup
     if missing:  # a mode declared in the table needs its entry in the parameter file
         raise SystemExit(f"FLUX Playground: {PARAMETERS_FILE} has no [modes.{missing[0]}] entry; every mode of "
                          f"pipelines/modes/table.py needs one (missing: {', '.join(missing)})")
-    manager, demo_reason, memory_plan = start_manager(args)
+    # With a runner, the models are loaded where it generates; here they are only described.
+    manager, demo_reason, memory_plan = start_manager(args, load=runner is None)
     store = ResultStore(Path(args.outputs_dir), retention_seconds=args.retention_hours * 3600)
     store.start_sweeper()
     safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,

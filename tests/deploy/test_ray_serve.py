@@ -31,6 +31,33 @@ def test_app_does_not_import_ray():
     subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=120)
 
 
+def test_the_ingress_describes_the_real_models_without_loading_them(monkeypatch):
+    """With a runner (on a node without a GPU), the ingress neither loads FLUX.1-dev nor falls
+    back to the demo family: its labels and capabilities are the workers' models'."""
+    import app
+    from pipelines.models import startup
+
+    class Plan:
+        residency, fits, components = "resident", True, ()
+
+        def table(self) -> str:
+            return ""
+
+    class Manager:
+        def __init__(self, sources, placement, **options):
+            self.sources = sources
+
+        def preload(self):
+            raise AssertionError("the ingress loaded the models")
+
+    monkeypatch.setattr(startup, "plan_memory", lambda *args, **kwargs: Plan())
+    monkeypatch.setattr(startup, "PipelineManager", Manager)
+    args = app.parse_args(["--device", "auto", "--dev-model", "black-forest-labs/FLUX.1-dev", "--no-demo-fallback"])
+    manager, demo_reason, _ = startup.start_manager(args, load=False)
+    assert demo_reason is None and not manager.sources.demo
+    assert manager.sources.dev == "black-forest-labs/FLUX.1-dev"
+
+
 @pytest.fixture(scope="module")
 def ray_app(family, tmp_path_factory):
     """The base URL of `build_app` served by a local Ray with two workers."""
