@@ -16,11 +16,16 @@ import time
 from typing import Any
 
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    RayTaskError,
+)
 from ray.serve.handle import DeploymentHandle
 
 import app
-from pipelines.errors import GenerationCancelled
+from pipelines.errors import FieldError, GenerationCancelled, GenerationError
 from pipelines.models.startup import limit_malloc_arenas
 from pipelines.service import Generated, GenerationRequest, StepCallback
 
@@ -62,7 +67,7 @@ class FluxWorker:
         def run() -> None:
             try:
                 outcome.append(self.playground.generate_here(request, request_id, on_step, None))
-            except BaseException as error:  # handed to the caller as it is
+            except BaseException as error:  # noqa: BLE001 - handed to the caller, who raises it
                 outcome.append(error)
             with ready:
                 ready.notify()
@@ -143,6 +148,10 @@ class RayRunner:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._run_once(request, request_id, on_step, cancel)
+            except RayTaskError as error:  # the worker's own error, as the local runner raises it
+                if isinstance(error.cause, (GenerationError, FieldError)):
+                    raise error.cause from None
+                raise
             except WORKER_LOST as error:
                 if attempt == MAX_ATTEMPTS:
                     raise
@@ -178,7 +187,7 @@ def running_replicas(deployment: str) -> dict[str, int]:
         for application in serve.status().applications.values():
             if deployment in application.deployments:
                 return dict(application.deployments[deployment].replica_states)
-    except Exception as error:  # the controller busy or restarting: /status still answers
+    except Exception as error:  # noqa: BLE001 - the controller busy or restarting: /status still answers
         log.warning("serve.status() failed: %s", error)
     return {}
 
