@@ -158,3 +158,40 @@ def worker_actor_names() -> list[str]:
     """The live FluxWorker replicas' actor names."""
     return [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
             if "FluxWorker" in actor["name"]]
+
+
+class FakeWorkers:
+    """A DeploymentHandle stand-in whose streams play back `outcomes` in turn: an exception
+    to raise, or a list of events."""
+
+    def __init__(self, outcomes: list):
+        self.outcomes = outcomes
+        self.generate = self
+
+    def options(self, stream: bool):
+        return self
+
+    def remote(self, request, request_id):
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        yield from outcome
+
+
+def test_the_runner_sends_a_request_again_when_its_worker_is_lost_and_passes_on_its_errors():
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from deploy.serve_app import RayRunner
+    from pipelines.errors import GenerationError
+    from pipelines.service import Generated
+
+    done = Generated(None, [], [], [], 0.0, 0.0, worker="w2")
+    steps: list = []
+    runner = RayRunner(FakeWorkers([ActorDiedError(), [("step", 0, 1, 2, "latents"), ("done", done)]]), 2)
+    assert runner.run(None, "r1", lambda *step: steps.append(step), None).worker == "w2"
+    assert steps == [(0, 1, 2, "latents")] and runner.status()["retries"] == 1
+    failure = GenerationError("The request took longer than the time limit", title="Time limit")
+    runner = RayRunner(FakeWorkers([RayTaskError("generate", "traceback", failure)]), 2)
+    with pytest.raises(GenerationError) as raised:
+        runner.run(None, "r2", None, None)
+    assert raised.value is failure
