@@ -30,7 +30,7 @@ from pipelines.models.startup import (
 from pipelines.modes.table import MODES
 from pipelines.outputs.results import ResultStore
 from pipelines.outputs.safety import SafetyChecker
-from pipelines.service import Playground
+from pipelines.service import Playground, Runner
 from presets import PARAMETERS_FILE, PRESETS
 from rest import add_rest_api
 from rest.arrival import ArrivalStamp
@@ -160,14 +160,16 @@ def logins(auth: str | None) -> list[tuple[str, str]] | None:
     return [(user.strip(), password) for user, password in pairs]
 
 
-def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
+def create_server(args: argparse.Namespace, runner: Runner | None = None) -> tuple[FastAPI, Playground]:
     """One process, one manager: the REST APIs, the Gradio page and API, and the MCP server
-    (`/gradio_api/mcp/`) on one FastAPI app."""
+    (`/gradio_api/mcp/`) on one FastAPI app. `runner`: where generation runs when not here
+    (deploy/serve_app.py's Ray Serve workers)."""
     missing = [name for name in MODES if name not in PRESETS.modes]
     if missing:  # a mode declared in the table needs its entry in the parameter file
         raise SystemExit(f"FLUX Playground: {PARAMETERS_FILE} has no [modes.{missing[0]}] entry; every mode of "
                          f"pipelines/modes/table.py needs one (missing: {', '.join(missing)})")
-    manager, demo_reason, memory_plan = start_manager(args)
+    # With a runner, the models are loaded where it generates; here they are only described.
+    manager, demo_reason, memory_plan = start_manager(args, load=runner is None)
     store = ResultStore(Path(args.outputs_dir), retention_seconds=args.retention_hours * 3600)
     store.start_sweeper()
     safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
@@ -177,7 +179,8 @@ def create_server(args: argparse.Namespace) -> tuple[FastAPI, Playground]:
         fetch=FetchPolicy(allow_private=args.allow_private_urls, max_bytes=int(args.max_lora_mb * 1024 * 1024),
                           timeout_seconds=args.lora_time_limit))
     playground = Playground(manager, store, demo_reason, safety, max_waiting=args.max_queue,
-                            time_limit_seconds=args.time_limit, lora_sources=lora_sources, memory_plan=memory_plan)
+                            time_limit_seconds=args.time_limit, lora_sources=lora_sources, memory_plan=memory_plan,
+                            runner=runner)
     app = FastAPI(title="FLUX Playground", description=__doc__, docs_url="/docs", redoc_url=None)
     app.add_middleware(ArrivalStamp)
     max_bytes = int(args.max_upload_mb * 1024 * 1024)

@@ -46,12 +46,13 @@ def request_work(num_inference_steps: int, num_images: int, width: int, height: 
 
 
 class AcceleratorQueue:
-    def __init__(self, max_waiting: int, hold_seconds: float = 2.0):
+    def __init__(self, max_waiting: int, hold_seconds: float = 2.0, max_running: int = 1):
         self.max_waiting = max_waiting
+        self.max_running = max_running  # accelerators behind the line (Ray Serve: its workers)
         self.hold_seconds = hold_seconds
         self._changed = threading.Condition()
         self._waiting: list[Ticket] = []  # sorted: the first is next
-        self._running: Ticket | None = None
+        self._running: list[Ticket] = []
         self._reservations: list[float] = []  # when each was made
         self._numbers = itertools.count()
         self._seconds_per_unit: float | None = None  # measured on finished requests
@@ -89,7 +90,7 @@ class AcceleratorQueue:
         GenerationCancelled (and leaves the line) when `cancel` is set while waiting."""
         reported = None
         with self._changed:
-            while not (self._running is None and self._waiting and self._waiting[0] is ticket):
+            while not (len(self._running) < self.max_running and self._waiting and self._waiting[0] is ticket):
                 if cancel is not None and cancel.is_set():
                     self._waiting.remove(ticket)
                     self._changed.notify_all()
@@ -102,13 +103,13 @@ class AcceleratorQueue:
                 self._changed.wait(WAIT_POLL_SECONDS)
             self._waiting.pop(0)
             ticket.started = time.monotonic()
-            self._running = ticket
+            self._running.append(ticket)
 
     def release(self, ticket: Ticket) -> None:
         """The accelerator is free again; `ticket`'s time teaches the estimates."""
         with self._changed:
-            if self._running is ticket:
-                self._running = None
+            if ticket in self._running:
+                self._running.remove(ticket)
                 if ticket.started is not None and ticket.work > 0:
                     measured = (time.monotonic() - ticket.started) / ticket.work
                     known = self._seconds_per_unit
@@ -125,26 +126,29 @@ class AcceleratorQueue:
             return self._waiting.index(ticket) if ticket in self._waiting else None
 
     def counts(self) -> dict[str, int]:
-        """{"waiting": tickets in line, "running": 0 or 1}."""
+        """{"waiting": tickets in line, "running": 0 up to max_running}."""
         with self._changed:
-            return {"waiting": len(self._waiting), "running": int(self._running is not None)}
+            return {"waiting": len(self._waiting), "running": len(self._running)}
 
     # -- inside the lock ---------------------------------------------------------------------
 
     def _room(self) -> int:
-        """Places left: `max_waiting` behind the one running (or about to run)."""
-        taken = len(self._waiting) + (self._running is not None) + len(self._reservations)
-        return self.max_waiting + 1 - taken
+        """Places left: `max_waiting` behind the ones running (or about to run)."""
+        taken = len(self._waiting) + len(self._running) + len(self._reservations)
+        return self.max_waiting + self.max_running - taken
 
     def _lapse_reservations(self) -> None:
         now = time.monotonic()
         self._reservations = [made for made in self._reservations if now - made < self.hold_seconds]
 
     def _estimate(self, ticket: Ticket) -> float | None:
-        """Seconds until `ticket` starts: what the running request has left, and the work ahead."""
+        """Seconds until `ticket` starts: what the running requests have left, and the work
+        ahead, shared by the `max_running` accelerators."""
         rate = self._seconds_per_unit or FIRST_GUESS_SECONDS_PER_UNIT
         ahead = self._waiting[: self._waiting.index(ticket)]
         seconds = sum(other.work for other in ahead) * rate
-        if self._running is not None and self._running.started is not None:
-            seconds += max(0.0, self._running.work * rate - (time.monotonic() - self._running.started))
+        now = time.monotonic()
+        seconds += sum(max(0.0, running.work * rate - (now - running.started))
+                       for running in self._running if running.started is not None)
+        seconds /= self.max_running
         return round(seconds, 1) if self._seconds_per_unit is not None else None

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -84,6 +84,33 @@ class GenerationResult:
         return [image.has_nsfw_concepts for image in self.images]
 
 
+@dataclass
+class Generated:
+    """What one run on an accelerator gives back: the request as run (a control map added),
+    its images, their safety flags, the warnings, when it started and finished (this
+    process's time.monotonic()), and which worker ran it when not this process."""
+
+    request: GenerationRequest
+    images: list[Image.Image]
+    flags: list[bool]
+    warnings: list[str]
+    started: float
+    finished: float
+    worker: str | None = None
+
+
+class Runner(Protocol):
+    """Where `generate_here`'s work runs: by default here, on this process's manager; a Ray
+    Serve runner (deploy/) sends it to a worker instead. `capacity`: requests it runs at once."""
+
+    capacity: int
+
+    def run(self, request: GenerationRequest, request_id: str, on_step: StepCallback | None,
+            cancel: threading.Event | None) -> Generated: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 def request_info(request: GenerationRequest) -> dict[str, Any]:
     """The parameters a result was made with, as shown next to it and returned by the APIs."""
     info: dict[str, Any] = {"mode": request.mode}
@@ -106,15 +133,17 @@ class Playground:
 
     def __init__(self, manager: PipelineManager, store: ResultStore, demo_reason: str | None = None,
                  safety: SafetyChecker | None = None, max_waiting: int = 16, time_limit_seconds: float = 0,
-                 lora_sources: LoraSourcePolicy | None = None, memory_plan: MemoryPlan | None = None):
+                 lora_sources: LoraSourcePolicy | None = None, memory_plan: MemoryPlan | None = None,
+                 runner: Runner | None = None):
         self.manager = manager
+        self.runner = runner  # None: generate here, under this process's accelerator
         self.memory_plan = memory_plan  # chosen at start (startup.plan_memory), shown in `/status`
         self.lora_sources = lora_sources or LoraSourcePolicy((Path("loras"),), FetchPolicy())
         self.store = store
         self.demo_reason = demo_reason
         self.safety = safety
         # Every way in waits in this one line; beyond `max_waiting` behind the one running, busy.
-        self.queue = AcceleratorQueue(max_waiting)
+        self.queue = AcceleratorQueue(max_waiting, max_running=runner.capacity if runner else 1)
         self.time_limit_seconds = time_limit_seconds  # 0: no limit
 
     @property
@@ -131,6 +160,8 @@ class Playground:
             state["plan"] = self.memory_plan.status()
         if self.safety is not None:
             state["safety_checker"] = self.safety.status()
+        if self.runner is not None:
+            state["workers"] = self.runner.status()
         return state
 
     def capabilities(self) -> ServerCapabilities:
@@ -214,14 +245,19 @@ class Playground:
             self.queue.wait_turn(ticket, cancel, on_wait)
             if on_start is not None:
                 on_start()
-            request, images, flags, warnings, started, finished = self._generate(request, request_id, on_step, cancel)
+            run = self.runner.run if self.runner is not None else self.generate_here
+            generated = run(request, request_id, on_step, cancel)
         finally:
             self.queue.release(ticket)
+        request, images, flags, started = generated.request, generated.images, generated.flags, generated.started
         model = self.model_label(request)
-        queued_ms, executed_ms = round((started - received_at) * 1000), round((finished - started) * 1000)
+        queued_ms, executed_ms = round((started - received_at) * 1000), round((generated.finished - started) * 1000)
+        timings = {"queued_ms": queued_ms, "executed_ms": executed_ms}
+        if generated.worker is not None:
+            timings["worker"] = generated.worker
         info = {
             **request_info(request), "model": model, "request_id": request_id, "has_nsfw_concepts": flags,
-            "warnings": warnings, "timings": {"queued_ms": queued_ms, "executed_ms": executed_ms},
+            "warnings": generated.warnings, "timings": timings,
         }
         if request.inputs:  # kept, and swept, like results: a restore brings them back
             info["inputs"] = {name: self.store.save(encode_image(image, "png", 100), "png")
@@ -256,7 +292,9 @@ class Playground:
         return step
 
     @on_accelerator
-    def _generate(self, request: GenerationRequest, request_id: str, on_step, cancel):
+    def generate_here(self, request: GenerationRequest, request_id: str, on_step: StepCallback | None,
+                      cancel: threading.Event | None) -> Generated:
+        """Run a request on this process's manager (the local runner; a Ray worker's too)."""
         with self.manager.lock:
             started = time.monotonic()
             try:
@@ -280,7 +318,7 @@ class Playground:
                 raise GenerationError(
                     f"Generation failed ({type(error).__name__}: {error}). Request id {request_id}."
                 ) from None
-            return request, images, flags, warnings, started, time.monotonic()
+            return Generated(request, images, flags, warnings, started, time.monotonic())
 
     def _run_mode(self, request: GenerationRequest, on_step: StepCallback) -> tuple[GenerationRequest, list]:
         """The request's mode on its route's pipelines, prepared first (a control map), with

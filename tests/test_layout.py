@@ -11,7 +11,7 @@ from conftest import REPO
 
 WEB_FRAMEWORKS = ("gradio", "gradio_client", "fastapi", "starlette", "uvicorn")
 CODE = [*REPO.glob("pipelines/**/*.py"), *REPO.glob("ui/*.py"), *REPO.glob("rest/*.py"),
-        *REPO.glob("presets/*.py"), *REPO.glob("bench/*.py"), REPO / "app.py"]
+        *REPO.glob("presets/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("deploy/*.py"), REPO / "app.py"]
 
 
 def imported_modules(path) -> set[str]:

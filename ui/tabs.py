@@ -44,7 +44,8 @@ def wire(playground: Playground, parsed: ParsedRequests, runs: SessionRuns, mode
         make_endpoint(playground, mode.name, parsed, runs), [controls[name] for name in names], outputs,
         api_name=mode.name, validator=make_validator(playground, mode.name, parsed, runs),
         # Every request waits in the service's one line (with the REST APIs'), not in Gradio's.
-        concurrency_id=ACCELERATOR, concurrency_limit=playground.max_waiting + 1, show_progress_on=[progress_on],
+        concurrency_id=ACCELERATOR, concurrency_limit=playground.max_waiting + playground.queue.max_running,
+        show_progress_on=[progress_on],
     )
 
 

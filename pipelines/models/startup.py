@@ -126,12 +126,15 @@ def demo_lora_folders(manager: PipelineManager) -> tuple[Path, ...]:
     return (folder,) if manager.sources.demo and folder.is_dir() else ()
 
 
-def start_manager(args: argparse.Namespace) -> tuple[PipelineManager, str | None, MemoryPlan]:
+def start_manager(args: argparse.Namespace, load: bool = True) -> tuple[PipelineManager, str | None, MemoryPlan]:
     """The real models when they load; otherwise the demo family and the reason why. With the
-    memory plan the manager was placed by."""
+    memory plan the manager was placed by. `load=False`: generation runs elsewhere (Ray Serve's
+    ingress): the real models' manager is built but loads, compiles and falls back to nothing."""
     placement = pick_placement(args.device, args.dtype)
     fill, max_loras = bool(args.fill_model), args.max_loras
     profile: Profile = ACCELERATION.profile(args.acceleration)
+    if not load:
+        return _start(args, placement, fill, max_loras, profile, load=False)
     # Before anything compiles: inductor's cache folder, and what an earlier run saved there.
     compile_cache = setup_compile_cache(args.compile_cache) if profile.compile else {}
     manager, reason, plan = _start(args, placement, fill, max_loras, profile)
@@ -144,13 +147,13 @@ def quantize_allowed(args: argparse.Namespace) -> bool:
     return getattr(args, "quantize", "none") == "auto"
 
 
-def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile):
+def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile, load: bool = True):
     options = {"acceleration": profile, "lora_rank": args.lora_rank}
     if args.demo:
         log.warning("FLUX Playground is starting in DEMO mode (--demo): results come from a tiny "
                     "random-weight model and look like noise")
         return _start_demo(args, placement, fill, max_loras, options, "started with --demo")
-    if placement.device.type == "cpu" and args.device == "auto":
+    if load and placement.device.type == "cpu" and args.device == "auto":
         reason = "no CUDA accelerator was found (FLUX.1-dev needs a GPU; pass --device cpu to try anyway)"
     else:
         sources = ModelSources.from_env(
@@ -160,6 +163,8 @@ def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Prof
         plan = logged_plan(plan_memory(placement, sources, args.residency, quantize_allowed(args)))
         manager = PipelineManager(sources, placement, max_loras=max_loras, residency=plan.residency,
                                   quantization=start_quantization(args.quantize, placement, plan), **options)
+        if not load:
+            return manager, None, plan
         try:
             manager.preload()
             return manager, None, plan

@@ -83,3 +83,21 @@ def test_estimates_come_from_measured_requests():
     with pytest.raises(GenerationCancelled):
         line.wait_turn(waiting, cancel, on_wait=lambda ahead, seconds: seen.append(seconds))
     assert 0.5 < seen[0] <= 1.0  # what the running one has left: about 1 s of its 10 units
+
+
+def test_with_two_accelerators_two_run_at_once_in_arrival_order():
+    line = AcceleratorQueue(max_waiting=1, max_running=2)
+    now = time.monotonic()
+    first, second, third = line.join(now + 1), line.join(now + 2), line.join(now + 3)
+    with pytest.raises(ServerBusy):  # two running (or about to) and one waiting: full
+        line.join(now + 4)
+    line.wait_turn(first)
+    line.wait_turn(second)
+    assert line.counts() == {"waiting": 1, "running": 2}
+    done = threading.Event()
+    waiting = threading.Thread(target=lambda: (line.wait_turn(third), done.set()))
+    waiting.start()
+    assert not done.wait(0.3)  # no third accelerator
+    line.release(second)
+    assert done.wait(5)
+    waiting.join(5)
