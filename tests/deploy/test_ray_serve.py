@@ -1,5 +1,6 @@
 """The app on Ray Serve (deploy/serve_app.py): a local Ray, two CPU workers on the demo family,
-the ingress serving the same routes. Requests go in as RunPod clients post them."""
+the ingress serving the same routes. Requests go in through RunPod's routes, gradio_client and
+the openai SDK."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import ray
 import requests
-from conftest import REPO, free_port, running_server, wait_until
+from conftest import REPO, free_port, result_images, running_server, wait_until
 from PIL import Image
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+from ray import serve
 
 RUNSYNC = "v2/black-forest-labs-flux-1-dev/runsync"
 SMALL = {"prompt": "a fox in the snow", "width": 256, "height": 256, "num_inference_steps": 2,
@@ -95,12 +95,6 @@ def image_and_parameters(url: str) -> tuple[Image.Image, dict]:
     return image, read_parameters(response.content)
 
 
-def in_parallel(base_url: str, bodies: list[dict]) -> list[tuple[Image.Image, dict]]:
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        answers = list(pool.map(lambda body: run_sync(base_url, **body), bodies))
-    return [image_and_parameters(answer["output"]["image_url"]) for answer in answers]
-
-
 @functools.cache
 def status_client(base_url: str):
     from gradio_client import Client
@@ -127,11 +121,35 @@ def single_process_image(tmp_path: Path, seed: int) -> Image.Image:
         torch.set_num_threads(threads)
 
 
-def test_requests_spread_over_both_workers_with_the_single_process_images(ray_app, tmp_path):
-    results = in_parallel(ray_app, [{"seed": seed} for seed in (1, 2, 3, 4)])
+def via_runpod(base_url: str, seed: int) -> tuple[Image.Image, dict]:
+    return image_and_parameters(run_sync(base_url, seed=seed)["output"]["image_url"])
+
+
+def via_gradio_client(base_url: str, seed: int) -> tuple[Image.Image, dict]:
+    from gradio_client import Client
+
+    result = Client(base_url, verbose=False).predict(prompt=SMALL["prompt"], width=256, height=256,
+                                                     num_inference_steps=2, seed=seed, api_name="/text_to_image")
+    return result_images(result)[0], result[2]
+
+
+def via_openai(base_url: str, seed: int) -> tuple[Image.Image, dict]:
+    from openai import OpenAI
+
+    image = OpenAI(base_url=base_url + "v1", api_key="unused").images.generate(
+        model="flux.1-dev", prompt=SMALL["prompt"], size="256x256",
+        extra_body={"seed": seed, "num_inference_steps": 2, "output_format": "png"})
+    return image_and_parameters(image.data[0].url)
+
+
+def test_requests_from_every_way_in_spread_over_both_workers_with_the_single_process_images(ray_app, tmp_path):
+    calls = [(via_runpod, 1), (via_runpod, 2), (via_gradio_client, 3), (via_openai, 4)]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        results = list(pool.map(lambda call: call[0](ray_app, call[1]), calls))
     workers = {parameters["timings"]["worker"] for _, parameters in results}
     assert len(workers) == 2, workers
-    assert [parameters["seed"] for _, parameters in results] == [1, 2, 3, 4]
+    assert [parameters["seeds"][0] for _, parameters in results] == [1, 2, 3, 4]
+    assert all(image.size == (256, 256) for image, _ in results)
     reference = single_process_image(tmp_path, 1)
     assert results[0][0].convert("RGB").tobytes() == reference.convert("RGB").tobytes()
     status = ray_status(ray_app)
