@@ -103,11 +103,15 @@ def partial_sender(request: GenerationRequest, spec: StreamSpec, send: Callable[
     """The step callback making each image's partial images, after steps spread evenly over
     its run, at the image's own size. Encoding is left to the stream: the accelerator goes on."""
 
+    chosen: dict[int, int] | None = None  # step index -> partial image index, once the steps are known
+
     def on_step(image_index: int, step: int, steps: int, latents) -> None:
-        chosen = sorted(spread_previews(steps, spec.partial_images))
+        nonlocal chosen
+        if chosen is None:
+            chosen = {index: n for n, index in enumerate(sorted(spread_previews(steps, spec.partial_images)))}
         if step - 1 in chosen:
             preview = preview_image(latents, request.height, request.width, max(request.width, request.height))
-            send(Partial(preview, image_index, chosen.index(step - 1)))
+            send(Partial(preview, image_index, chosen[step - 1]))
 
     return on_step
 

@@ -55,18 +55,13 @@ class StepEvent:
 
 @dataclass
 class LiveJob:
-    """What a queued or running job has in memory: its cancel flag and its steps so far."""
+    """What a queued or running job has in memory: its cancel flag and its steps so far. Readers
+    poll `steps` (only ever appended to) and `done`."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
     steps: list[StepEvent] = field(default_factory=list)
     place: tuple[int, float | None] | None = None  # (ahead, estimated seconds) while waiting
-    changed: threading.Condition = field(default_factory=threading.Condition)
     done: threading.Event = field(default_factory=threading.Event)
-
-    def add(self, event: StepEvent) -> None:
-        with self.changed:
-            self.steps.append(event)
-            self.changed.notify_all()
 
 
 def result_summary(result: GenerationResult) -> dict[str, Any]:
@@ -207,7 +202,7 @@ class JobRunner:
             if previews and should_preview(step - 1, steps, PRESETS.preview_every_steps):
                 image = preview_image(latents, request.height, request.width, PRESETS.preview_max_side)
                 preview, size = encode_image(image, "jpeg", PREVIEW_QUALITY), image.size
-            live.add(StepEvent(image_index, step, steps, time.time(), preview, size))
+            live.steps.append(StepEvent(image_index, step, steps, time.time(), preview, size))
 
         try:
             result = self.playground.execute(request, None, on_step, live.cancel, ticket=ticket, on_wait=on_wait,
@@ -226,8 +221,6 @@ class JobRunner:
                 while len(self._recent) > RECENT_JOBS_KEPT:
                     self._recent.popitem(last=False)
             live.done.set()
-            with live.changed:
-                live.changed.notify_all()
 
     def _finish(self, job_id: str, status: str, result: dict | None = None, error: str | None = None) -> JobRecord:
         with self._lock:
