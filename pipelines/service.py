@@ -2,8 +2,9 @@
 
 raw values -> `Playground.parse` (validation, seed, images decoded once) -> `Playground.execute`
 (a ticket in the one line, `AcceleratorQueue` -> its turn on the accelerator -> safety ->
-store). Only this service takes the accelerator and prepares a request; the Gradio endpoints (`ui/`) and the REST routes (`rest/`) are
-thin adapters over it.
+store). Only this service takes the accelerator and prepares a request; the Gradio endpoints
+(`ui/`), the REST routes (`rest/`) and the job runner (`pipelines/jobs/`) are thin adapters
+over it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from pipelines.accelerator_queue import AcceleratorQueue, Ticket, WaitCallback, request_work
-from pipelines.errors import FieldError, GenerationCancelled, GenerationError, ServerBusy  # noqa: F401 (the adapters import them from here)
+# The adapters import the request errors from here too.
+from pipelines.errors import FieldError, GenerationCancelled, GenerationError, ServerBusy  # noqa: F401
 from pipelines.fetch import FetchPolicy
 from pipelines.imaging.images import MIME_TYPES, encode_image
 from pipelines.loras.adapters import load_failure
