@@ -16,11 +16,12 @@ def test_requests_from_different_tabs_run_one_at_a_time_and_report_their_wait(cl
     first = client.submit(**slow, api_name="/text_to_image")
     time.sleep(0.3)
     second = client.submit(image=handle_file(EXAMPLE_BIRD), prompt="a fox", **FAST, api_name="/kontext_edit")
-    apart_ms = (time.monotonic() - sent) * 1000  # at most this far apart they arrived
+    apart_ms = (time.monotonic() - sent) * 1000  # about this far apart they arrived
     first_info, second_info = first.result()[2], second.result()[2]
-    # The second started only once the first had finished: they never ran at once.
+    # The second started only once the first had finished: they never ran at once. (submit()
+    # sends from a thread of its own: the second may reach the server a little after it returns.)
     first_ended = first_info["timings"]["queued_ms"] + first_info["timings"]["executed_ms"]
-    assert second_info["timings"]["queued_ms"] >= first_ended - apart_ms - 50
+    assert second_info["timings"]["queued_ms"] >= first_ended - apart_ms - 300
     assert result_images(second.result())[0].size == (256, 256)
 
 
