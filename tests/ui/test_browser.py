@@ -79,10 +79,12 @@ def test_dropping_a_saved_image_on_a_tab_restores_its_parameters(page, client):
 
 def upload_to_editor(page, panel, image) -> None:
     """Give the inpaint editor `image`. On a loaded machine it sometimes drops an upload (its
-    placeholder comes back): give it again until the image has stayed for a moment."""
-    hint = panel.locator("#inpaint-editor").get_by_text("Drop an image here")
+    placeholder comes back): clear it and give it again until the image has stayed a moment."""
+    editor = panel.locator("#inpaint-editor")
+    hint = editor.get_by_text("Drop an image here")
     for _ in range(4):
-        panel.locator("#inpaint-editor input[type=file]").first.set_input_files(image)
+        editor.locator("input[type=file]").first.set_input_files([])  # a fresh change each time
+        editor.locator("input[type=file]").first.set_input_files(image)
         try:
             hint.wait_for(state="hidden", timeout=15_000)
             page.wait_for_timeout(1500)  # the editor draws the image before it takes strokes
