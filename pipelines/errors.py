@@ -21,6 +21,9 @@ class FieldError(ValueError):
         self.message = message
         self.problems: tuple[FieldError, ...] = (self, *also)
 
+    def __reduce__(self):  # pickled whole: a Ray worker's errors cross to the ingress
+        return type(self), (self.field, self.message, self.problems[1:])
+
     @classmethod
     def collect(cls, problems: Sequence[FieldError]) -> FieldError:
         """One error listing all of `problems` (at least one)."""
@@ -35,13 +38,23 @@ class GenerationError(RuntimeError):
         super().__init__(message)
         self.title = title
 
+    def __reduce__(self):  # as FieldError's
+        return type(self), (str(self), self.title)
+
 
 class GenerationCancelled(GenerationError):
     def __init__(self):
         super().__init__("The request was cancelled.", title="Cancelled")
+
+    def __reduce__(self):
+        return GenerationCancelled, ()
 
 
 class ServerBusy(GenerationError):
     def __init__(self, waiting: int):
         super().__init__(f"The server is busy ({waiting} requests are waiting); try again in a moment.",
                          title="Busy")
+        self.waiting = waiting
+
+    def __reduce__(self):
+        return ServerBusy, (self.waiting,)

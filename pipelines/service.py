@@ -27,7 +27,7 @@ from pipelines.accelerator_queue import AcceleratorQueue, Ticket, WaitCallback, 
 from pipelines.errors import FieldError, GenerationCancelled, GenerationError, ServerBusy  # noqa: F401
 from pipelines.fetch import FetchPolicy
 from pipelines.imaging.images import MIME_TYPES, encode_image
-from pipelines.loras.adapters import load_failure
+from pipelines.loras.adapters import UserLora, load_failure
 from pipelines.loras.hub import HubAccess, Report, quiet
 from pipelines.loras.sources import LoraSourcePolicy, default_name, fetch_lora, given_source
 from pipelines.models.acceleration import request_cache_kind
@@ -103,12 +103,18 @@ class Generated:
 
 class Runner(Protocol):
     """Where `generate_here`'s work runs: by default here, on this process's manager; a Ray
-    Serve runner (deploy/) sends it to a worker instead. `capacity`: requests it runs at once."""
+    Serve runner (deploy/) sends it to a worker instead. `capacity`: requests it runs at once.
+    Users' LoRAs then live on the workers' transformers: `load_lora` checks that one loads the
+    file and returns its record; every worker takes it up before its first request naming it."""
 
     capacity: int
 
     def run(self, request: GenerationRequest, request_id: str, on_step: StepCallback | None,
             cancel: threading.Event | None) -> Generated: ...
+
+    def load_lora(self, file: Path, name: str, source: str) -> UserLora: ...
+
+    def unload_lora(self, name: str) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -203,7 +209,11 @@ class Playground:
         file = fetch_lora(source, self.lora_sources, access, report)
         report(f"Loading {name} onto the FLUX.1 [dev] transformer", None)
         try:
-            lora = self.manager.load_lora(str(file), name)
+            if self.runner is not None:  # onto the workers; listed here, where requests are parsed
+                lora = self.runner.load_lora(file, name, source)
+                loras.record(lora)
+            else:
+                lora = self.manager.load_lora(str(file), name)
         except FieldError:
             raise
         except (ValueError, OSError, RuntimeError, SafetensorError) as error:  # diffusers: not for this transformer
@@ -214,7 +224,11 @@ class Playground:
         return {"name": lora.name, **lora.status()}
 
     def unload_lora(self, name: str) -> None:
-        self.manager.unload_lora(name)
+        if self.runner is not None:
+            self.manager.loras.forget(name)
+            self.runner.unload_lora(name)
+        else:
+            self.manager.unload_lora(name)
 
     @property
     def max_waiting(self) -> int:

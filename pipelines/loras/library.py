@@ -89,11 +89,22 @@ class LoraLibrary:
         return lora
 
     def unload(self, pipe, name: str) -> None:
+        self.forget(name)
+        adapters.drop_user_lora(pipe, self._adapters, name)
+
+    # --- a library that only keeps the list: the LoRAs are applied elsewhere (deploy/'s workers) ---
+
+    def record(self, lora: UserLora) -> None:
+        """List `lora` as loaded, its adapter living on another process's transformer."""
+        self.check_room(lora.name)
+        self._loras[lora.name] = lora
+
+    def forget(self, name: str) -> None:
+        """Take `name` off the list; FieldError naming the loaded ones if it is not there."""
         if not name or name not in self._loras:
             unknown = f"{name!r} is not loaded" if name else "name is required: which loaded LoRA to unload"
             raise FieldError("name", f"{unknown} (loaded: {', '.join(self._loras) or 'none'})")
         del self._loras[name]
-        adapters.drop_user_lora(pipe, self._adapters, name)
 
     def needs_rebuild(self, control: str | None) -> bool:
         """Whether the transformer must be restored and rebuilt for `control` (only a full

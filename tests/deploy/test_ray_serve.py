@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -125,11 +126,12 @@ def via_runpod(base_url: str, seed: int) -> tuple[Image.Image, dict]:
     return image_and_parameters(run_sync(base_url, seed=seed)["output"]["image_url"])
 
 
-def via_gradio_client(base_url: str, seed: int) -> tuple[Image.Image, dict]:
+def via_gradio_client(base_url: str, seed: int, **fields) -> tuple[Image.Image, dict]:
     from gradio_client import Client
 
     result = Client(base_url, verbose=False).predict(prompt=SMALL["prompt"], width=256, height=256,
-                                                     num_inference_steps=2, seed=seed, api_name="/text_to_image")
+                                                     num_inference_steps=2, seed=seed, **fields,
+                                                     api_name="/text_to_image")
     return result_images(result)[0], result[2]
 
 
@@ -155,6 +157,12 @@ def test_requests_from_every_way_in_spread_over_both_workers_with_the_single_pro
     status = ray_status(ray_app)
     assert set(status["requests_served"]) == workers and sum(status["requests_served"].values()) == 4
     assert status["replicas"].get("RUNNING") == 2
+    cards = {card["worker"]: card for card in status["workers"]}
+    assert set(cards) == workers
+    for card in cards.values():  # each worker says where it runs and what it holds
+        assert card["device"] == "cpu" and card["running"] is None and card["requests_served"] >= 1
+        assert {"transformer", "text_encoder_2", "vae"} <= set(card["holds"]["components"])
+        assert card["holds"]["components"]["transformer"]["bytes"] > 0 and card["holds"]["resident_bytes"] > 0
 
 
 def test_a_killed_worker_loses_no_request_and_comes_back(ray_app):
@@ -167,9 +175,68 @@ def test_a_killed_worker_loses_no_request_and_comes_back(ray_app):
     assert all(body["output"]["image_url"] for body in bodies)
     status = ray_status(ray_app)
     assert status["retries"] >= 1
-    # Serve starts a replica in its place.
+    # Serve starts a replica in its place; /status counts the lost one.
     wait_until(lambda: len(names := worker_actor_names()) == 2 and killed not in names, seconds=120)
     wait_until(lambda: ray_status(ray_app)["replicas"] == {"RUNNING": 2}, seconds=120)
+    wait_until(lambda: len(ray_status(ray_app)["workers"]) == 2, seconds=60)
+    status = ray_status(ray_app)
+    assert status["restarts"] >= 1 and killed.split("#")[-1] in status["lost"]
+    assert killed not in {card["actor"] for card in status["workers"]}
+
+
+def test_a_lora_loaded_at_the_ingress_applies_on_every_worker_and_unloads(ray_app):
+    """The LoRA file is read where it was asked for (the ingress) and reaches each worker
+    through the object store; every worker then makes the same image for the same seed."""
+    client = status_client(ray_app)
+    base = via_gradio_client(ray_app, 21)[0]
+    listed = client.predict(source="tiny-style-lora", name=None, api_name="/load_lora")
+    assert list(listed) == ["tiny-style-lora"] and listed["tiny-style-lora"]["rank"] > 0
+    with ThreadPoolExecutor(4) as pool:
+        styled = list(pool.map(lambda _: via_gradio_client(ray_app, 21, loras="tiny-style-lora:1"), range(4)))
+    assert len({parameters["timings"]["worker"] for _, parameters in styled}) == 2
+    assert all(image.tobytes() == styled[0][0].tobytes() for image, _ in styled)
+    assert styled[0][0].tobytes() != base.tobytes()
+    assert all(card["holds"]["loras"] == ["tiny-style-lora"] for card in ray_status(ray_app)["workers"])
+    client.predict(name="tiny-style-lora", api_name="/unload_lora")
+    with ThreadPoolExecutor(4) as pool:
+        after = list(pool.map(lambda _: via_gradio_client(ray_app, 21), range(4)))
+    assert len({parameters["timings"]["worker"] for _, parameters in after}) == 2
+    assert all(image.tobytes() == base.tobytes() for image, _ in after)  # the base, on both workers
+    assert all(card["holds"]["loras"] == [] for card in ray_status(ray_app)["workers"])
+    with pytest.raises(Exception, match="not loaded"):
+        via_gradio_client(ray_app, 21, loras="tiny-style-lora:1")
+
+
+def test_cancelling_a_job_stops_its_run_on_the_worker(ray_app):
+    job = requests.post(ray_app + RUNSYNC.replace("runsync", "run"), json={"input": {**SLOW, "seed": 5}},
+                        timeout=30).json()
+    wait_until(lambda: any(card["running"] for card in ray_status(ray_app)["workers"]), seconds=60)
+    cancelled_before = sum(card["cancelled"] for card in ray_status(ray_app)["workers"])
+    cancelled_at = time.monotonic()
+    answer = requests.post(ray_app + RUNSYNC.replace("runsync", f"cancel/{job['id']}"), timeout=30)
+    assert answer.status_code == 200, answer.text
+    status_url = ray_app + RUNSYNC.replace("runsync", f"status/{job['id']}")
+    wait_until(lambda: requests.get(status_url, timeout=30).json()["status"] == "CANCELLED", seconds=10)
+    # The worker stops at its next step, long before the run's 20 steps would end.
+    wait_until(lambda: not any(card["running"] for card in ray_status(ray_app)["workers"]), seconds=10)
+    stopped_after = time.monotonic() - cancelled_at
+    assert sum(card["cancelled"] for card in ray_status(ray_app)["workers"]) == cancelled_before + 1
+    started = time.monotonic()
+    run_sync(ray_app, **SLOW, seed=5)
+    assert stopped_after < (time.monotonic() - started) / 2, "the worker ran the cancelled job to its end"
+
+
+def test_the_worker_count_or_autoscaling_range_sets_how_many_run_at_once():
+    from deploy.serve_app import worker_scaling
+
+    assert worker_scaling({"workers": 3}) == ({"num_replicas": 3}, 3)
+    options, capacity = worker_scaling({"autoscaling": {"min_replicas": 1, "max_replicas": 4}})
+    assert capacity == 4 and options["autoscaling_config"] == {"target_ongoing_requests": 1, "min_replicas": 1,
+                                                                "max_replicas": 4}
+    with pytest.raises(ValueError, match="max_replicas"):
+        worker_scaling({"autoscaling": {"min_replicas": 1}})
+    with pytest.raises(ValueError, match="workers must be 1 or more"):
+        worker_scaling({"workers": 0})
 
 
 def worker_actor_names() -> list[str]:
@@ -189,7 +256,7 @@ class FakeWorkers:
     def options(self, stream: bool):
         return self
 
-    def remote(self, request, request_id):
+    def remote(self, request, request_id, loras):
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
@@ -199,17 +266,23 @@ class FakeWorkers:
 def test_the_runner_sends_a_request_again_when_its_worker_is_lost_and_passes_on_its_errors():
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    from deploy.serve_app import RayRunner
+    from deploy.ray_runner import RayRunner
     from pipelines.errors import GenerationError
     from pipelines.service import Generated
 
     done = Generated(None, [], [], [], 0.0, 0.0, worker="w2")
     steps: list = []
-    runner = RayRunner(FakeWorkers([ActorDiedError(), [("step", 0, 1, 2, "latents"), ("done", done)]]), 2)
+    runner = RayRunner(FakeWorkers([ActorDiedError(), [("step", 0, 1, 2, "latents"), ("done", done)]]), 2, "flux")
     assert runner.run(None, "r1", lambda *step: steps.append(step), None).worker == "w2"
-    assert steps == [(0, 1, 2, "latents")] and runner.status()["retries"] == 1
+    assert steps == [(0, 1, 2, "latents")] and runner.retries == 1 and runner.served == {"w2": 1}
     failure = GenerationError("The request took longer than the time limit", title="Time limit")
-    runner = RayRunner(FakeWorkers([RayTaskError("generate", "traceback", failure)]), 2)
+    runner = RayRunner(FakeWorkers([RayTaskError("generate", "traceback", failure),
+                                    RayTaskError("generate", "traceback", KeyError("vae"))]), 2, "flux")
     with pytest.raises(GenerationError) as raised:
         runner.run(None, "r2", None, None)
     assert raised.value is failure
+    with pytest.raises(GenerationError, match=r"The worker failed \(KeyError: 'vae'\)"):
+        runner.run(None, "r3", None, None)
+    lost = [ActorDiedError()] * 4
+    with pytest.raises(GenerationError, match="4 workers were lost"):
+        RayRunner(FakeWorkers(lost), 2, "flux").run(None, "r4", None, None)

@@ -1,0 +1,114 @@
+"""deploy/context_parallel.py: one image split over two gloo processes on CPU (Ulysses attention)
+draws the pixels one process draws, on the demo family; and the splits it refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import free_port
+
+from deploy.context_parallel import (
+    attention_backend,
+    broadcast_request,
+    follow,
+    generate,
+    image_tokens,
+    parallel_config,
+    split_problem,
+    start_rank,
+)
+
+REQUEST = {"prompt": "a fox in the snow", "width": 256, "height": 256, "num_inference_steps": 4,
+           "guidance_scale": 3.5, "seed": 7, "output_type": "np"}
+# On the [0, 1] pixel scale (1/255 is one 8-bit level). Measured here: 1.3e-6 to 1.5e-6. Ranks
+# on different noise missed by 0.7; attention over one rank's tokens only would miss too.
+TOLERANCE = 1e-4
+RANKS = 2
+SECONDS = 240
+
+
+def rank_process(rank: int, port: int, model: str, out: Path) -> None:
+    """One rank (spawned, so module level): rank 0 sends REQUEST to rank 1 and saves its image;
+    both record the token counts their first transformer block gets at each step."""
+    torch.set_num_threads(1)  # two processes on a small machine
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    pipe = start_rank(model, rank=rank, world_size=RANKS)
+    seen = []
+    pipe.transformer.transformer_blocks[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(
+            [kwargs["hidden_states"].shape[1], kwargs["encoder_hidden_states"].shape[1]]),
+        with_kwargs=True)
+    try:
+        if rank == 0:
+            image = generate(pipe, broadcast_request(REQUEST)).images[0]
+            broadcast_request(None)  # lets rank 1's loop end
+            np.save(out / "image.npy", image)
+        else:
+            follow(lambda request: generate(pipe, request))
+        (out / f"tokens-{rank}.json").write_text(json.dumps(seen))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_ranks(model: Path, out: Path) -> None:
+    """Both ranks, failing (not hanging) if one raises or the pair stalls."""
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(rank_process, args=(free_port(), str(model), out), nprocs=RANKS, join=False)
+    deadline = time.monotonic() + SECONDS
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two ranks did not finish in {SECONDS} s")
+
+
+def test_two_gloo_ranks_draw_the_one_process_image(family, tmp_path):
+    from diffusers import FluxPipeline
+
+    run_ranks(family["dev"], tmp_path)
+    split = np.load(tmp_path / "image.npy")
+    single = generate(FluxPipeline.from_pretrained(family["dev"], torch_dtype=torch.float32), REQUEST).images[0]
+
+    assert split.shape == single.shape == (256, 256, 3)
+    assert single.std() > 0.05, "the reference image is blank"
+    assert float(np.abs(split - single).max()) <= TOLERANCE
+    # Each rank really worked on half the sequence: 256 image and 512 text tokens in all.
+    for rank in range(RANKS):
+        seen = json.loads((tmp_path / f"tokens-{rank}.json").read_text())
+        assert seen == [[128, 256]] * REQUEST["num_inference_steps"], f"rank {rank}"
+
+
+def test_the_config_names_its_kind_and_degree():
+    assert parallel_config(2).ulysses_degree == 2
+    ring = parallel_config(4, "ring")
+    assert (ring.ring_degree, ring.ulysses_degree) == (4, 1)
+    for degree in (1, 0, 2.0, True):
+        with pytest.raises(ValueError, match="degree"):
+            parallel_config(degree)
+    with pytest.raises(ValueError, match="kind"):
+        parallel_config(2, "tensor")
+
+
+def test_splits_that_do_not_divide_are_named():
+    # FLUX.1-dev: 24 heads, 512 text tokens.
+    assert image_tokens(1024, 1024) == 4096
+    assert split_problem(2, heads=24, image_tokens=image_tokens(1024, 1024)) is None
+    assert split_problem(8, heads=24, image_tokens=image_tokens(1024, 768)) is None
+    assert "heads" in split_problem(5, heads=24, image_tokens=4000)
+    assert split_problem(5, heads=24, image_tokens=4000, kind="ring") == "512 text tokens don't split evenly over 5 ranks"
+    assert "225 image tokens" in split_problem(2, heads=24, image_tokens=image_tokens(240, 240))
+
+
+def test_the_demo_transformer_attends_with_native_sdpa(family):
+    """The backend enable_context_parallel refuses ring attention on (no log-sum-exp)."""
+    from diffusers import FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(family["dev"], subfolder="transformer")
+    assert attention_backend(transformer) == "native"
