@@ -129,5 +129,5 @@ class RayRunner:
         ingress; the requests retried after a worker was lost."""
         with self._lock:
             served, retries, running = dict(self.served), self.retries, self.running
-        return {"replicas": running_replicas("FluxWorker"), **read_registry(self.application),
+        return {"replicas": running_replicas(self.application), **read_registry(self.application),
                 "requests_served": served, "running": running, "retries": retries}

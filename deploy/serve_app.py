@@ -11,7 +11,6 @@ goes to a worker.
 from __future__ import annotations
 
 import asyncio
-import shlex
 import tempfile
 import threading
 import time
@@ -22,17 +21,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 import app
+from deploy.parallel_ranks import AgreedStop, RankGroup, with_bytes
 from deploy.ray_runner import RayRunner
 from deploy.worker_loras import ShippedLora, WorkerLoras
+from deploy.worker_playground import parsed_flags, worker_playground
 from deploy.worker_registry import registry, worker_card
-from pipelines.errors import FieldError, GenerationError
+from pipelines.errors import FieldError, GenerationCancelled, GenerationError
 from pipelines.models.startup import limit_malloc_arenas
-from pipelines.service import Generated, GenerationRequest
-
-
-def parsed_flags(flags: str | list[str]):
-    """The app's own flags (`--demo --max-queue 32`), as `python app.py` parses them."""
-    return app.parse_args(shlex.split(flags) if isinstance(flags, str) else list(flags))
+from pipelines.service import Generated, GenerationRequest, time_limit_error
 
 
 def device_problem(device) -> str | None:
@@ -54,15 +50,22 @@ def device_problem(device) -> str | None:
 class FluxWorker:
     """One accelerator's worker: its own manager and safety checker; no store, no line."""
 
-    def __init__(self, flags: str | list[str] = ""):
+    def __init__(self, flags: str | list[str] = "", context_parallel: int = 1):
         limit_malloc_arenas()
-        self.playground = worker_playground(parsed_flags(flags))
+        # Several GPUs for one worker: rank processes that split each image with this one.
+        self.ranks = RankGroup(flags, context_parallel) if context_parallel > 1 else None
+        args = parsed_flags(flags)
+        self.time_limit = args.time_limit
+        if self.ranks is None:
+            self.playground = worker_playground(args)
+        else:  # the ranks agree on a stop at each step (AgreedStop), the time limit included
+            self.playground = worker_playground(args, self.ranks.config, time_limit_seconds=0)
         context = serve.get_replica_context()
         self.name, self.actor_name = context.replica_id.unique_id, context.replica_id.to_full_id_str()
         self.registry = registry(context.app_name)
         self.loras = WorkerLoras(self.playground.manager, Path(tempfile.mkdtemp(prefix="flux-worker-loras-")))
         self.counts: dict[str, Any] = {"requests_served": 0, "cancelled": 0, "running": None,
-                                       "started_at": time.time()}
+                                       "started_at": time.time(), "ranks": context_parallel}
         self._one_at_a_time = threading.Lock()  # a cancelled run still finishing its step holds it
         self._report()
 
@@ -105,14 +108,31 @@ class FluxWorker:
             self.counts["running"] = request_id
             self._report()
             try:
+                stop = cancel if self.ranks is None else self._start_on_ranks(request, request_id, loras, cancel)
                 self._take_up_loras(loras, request.loras)
-                generated = self.playground.generate_here(request, request_id, on_step, cancel)
+                generated = self.playground.generate_here(request, request_id, on_step, stop)
+            except GenerationCancelled:
+                if isinstance(stop, AgreedStop) and stop.timed_out:
+                    raise time_limit_error(self.time_limit) from None
+                raise
             finally:
                 self.counts["running"] = None
                 self.counts["cancelled" if cancel.is_set() else "requests_served"] += 1
                 self._report()
         generated.worker = self.name
         return generated
+
+    def _start_on_ranks(self, request, request_id: str, loras: dict[str, ShippedLora],
+                        cancel: threading.Event) -> AgreedStop:
+        """Send the request to the other ranks, which run it alongside this one; their stop flag."""
+        heads = self.playground.manager.component("transformer").config.num_attention_heads
+        problem = self.ranks.split_problem(request, heads)
+        if problem:
+            raise GenerationError(f"This worker splits each image over {self.ranks.degree} GPUs, and {problem}; "
+                                  "choose another width or height.", title="Not available on this worker")
+        self.ranks.broadcast({"kind": "generate", "request": request, "request_id": request_id,
+                              "loras": with_bytes(loras, self.loras.missing(loras, request.loras))})
+        return AgreedStop(cancel, self.time_limit)
 
     def _take_up_loras(self, listed: dict[str, ShippedLora], named: tuple[tuple[str, float], ...]) -> None:
         try:
@@ -127,6 +147,9 @@ class FluxWorker:
 
     def _load_lora(self, shipped: ShippedLora) -> dict[str, Any]:
         with self._one_at_a_time:
+            if self.ranks is not None:
+                self.ranks.broadcast({"kind": "load_lora", "lora": with_bytes({shipped.name: shipped},
+                                                                              [shipped.name])[shipped.name]})
             status = self.loras.load(shipped)
         self._report()
         return status
@@ -136,6 +159,7 @@ class FluxWorker:
         accelerator cannot run the models any more."""
         self._report()
         problem = device_problem(self.playground.manager.placement.device)
+        problem = problem or (self.ranks.problem() if self.ranks is not None else None)
         if problem:
             raise RuntimeError(problem)
 
@@ -147,22 +171,8 @@ class FluxWorker:
         registry_actor = getattr(self, "registry", None)
         if registry_actor is not None:
             registry_actor.stopped.remote(self.name)
-
-
-def worker_playground(args):
-    """A Playground used only for `generate_here`: the manager and safety checker of
-    `create_server`, its results never stored (the ingress stores them)."""
-    from pipelines.models.startup import start_manager
-    from pipelines.outputs.results import ResultStore
-    from pipelines.outputs.safety import SafetyChecker
-    from pipelines.service import Playground
-
-    manager, demo_reason, plan = start_manager(args)
-    safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
-                           local_files_only=manager.local_files_only)
-    unused_store = ResultStore(Path(tempfile.mkdtemp(prefix="flux-worker-")), retention_seconds=3600)
-    return Playground(manager, unused_store, demo_reason, safety, time_limit_seconds=args.time_limit,
-                      memory_plan=plan)
+        if getattr(self, "ranks", None) is not None:
+            self.ranks.close()
 
 
 # Every open page and gradio_client holds a heartbeat stream and an event stream here, and
@@ -199,7 +209,8 @@ def worker_scaling(config: dict[str, Any]) -> tuple[dict[str, Any], int]:
 
 def build_app(config: dict[str, Any]):
     """`serve run deploy/serve.yaml`'s builder. `config`: `flags` (the app's command-line flags,
-    e.g. "--demo"), and `workers` or `autoscaling` (see `worker_scaling`)."""
-    flags = config.get("flags", "")
+    e.g. "--demo"), `workers` or `autoscaling` (see `worker_scaling`), and `context_parallel`
+    (GPUs per worker, each image split over them; give FluxWorker as many num_gpus)."""
+    flags, degree = config.get("flags", ""), int(config.get("context_parallel", 1))
     options, capacity = worker_scaling(config)
-    return FluxIngress.bind(FluxWorker.options(**options).bind(flags), flags, capacity)
+    return FluxIngress.bind(FluxWorker.options(**options).bind(flags, degree), flags, capacity)

@@ -28,7 +28,7 @@ class ShippedLora:
     source: str
     file_name: str
     digest: str  # sha256 of the file: the same name loaded again with other weights is another LoRA
-    data: ray.ObjectRef
+    data: ray.ObjectRef | bytes | None  # bytes, or None when not needed, for processes outside Ray
 
     @property
     def key(self) -> tuple[str, str]:
@@ -62,9 +62,12 @@ class WorkerLoras:
         for name, digest in list(self.loaded.items()):
             if (name, digest) not in keep:
                 self.unload(name)
-        for name, _ in named:
-            if self.loaded.get(name) != listed[name].digest:
-                self.load(listed[name])
+        for name in self.missing(listed, named):
+            self.load(listed[name])
+
+    def missing(self, listed: dict[str, ShippedLora], named: tuple[tuple[str, float], ...]) -> list[str]:
+        """The LoRAs a request names that `take_up` would load."""
+        return [name for name, _ in named if self.loaded.get(name) != listed[name].digest]
 
     def load(self, shipped: ShippedLora) -> dict[str, Any]:
         """Load one LoRA from the object store onto the transformer; its `UserLora.status()`."""
@@ -73,7 +76,8 @@ class WorkerLoras:
         file = self.folder / shipped.digest / shipped.file_name
         if not file.exists():
             file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_bytes(ray.get(shipped.data))
+            data = shipped.data if isinstance(shipped.data, bytes) else ray.get(shipped.data)
+            file.write_bytes(data)
         lora = self.manager.load_lora(str(file), shipped.name)
         self.loaded[shipped.name] = shipped.digest
         return lora.status()

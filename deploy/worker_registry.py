@@ -57,7 +57,7 @@ def device_name(device: str) -> str:
 def holdings(manager_status: dict[str, Any]) -> dict[str, Any]:
     """What a worker's manager holds: each loaded model's device, storage and bytes, the
     users' LoRAs on its transformer, and the bytes resident in all."""
-    components = {name: {key: entry[key] for key in ("device", "stored_as", "bytes") if key in entry}
+    components = {name: {key: entry[key] for key in ("device", "stored_as", "bytes", "split_over") if key in entry}
                   for name, entry in manager_status["components"].items()}
     return {"components": components, "loras": sorted(manager_status["loras"]),
             "resident_bytes": manager_status["resident_bytes"]}
@@ -99,12 +99,12 @@ def read_registry(application: str) -> dict[str, Any]:
         return {"workers": [], "lost": [], "restarts": None}
 
 
-def running_replicas(deployment: str) -> dict[str, int]:
-    """Serve's count of the deployment's replicas by state (RUNNING, STARTING…)."""
+def running_replicas(application: str, deployment: str = "FluxWorker") -> dict[str, int]:
+    """Serve's count of the application's workers by state (RUNNING, STARTING…)."""
     try:
-        for application in serve.status().applications.values():
-            if deployment in application.deployments:
-                return dict(application.deployments[deployment].replica_states)
+        found = serve.status().applications.get(application)
+        if found is not None and deployment in found.deployments:
+            return dict(found.deployments[deployment].replica_states)
     except Exception as error:  # noqa: BLE001 - the controller busy or restarting: /status still answers
         log.warning("serve.status() failed: %s", error)
     return {}

@@ -119,6 +119,11 @@ class Runner(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+def time_limit_error(seconds: float) -> GenerationError:
+    return GenerationError(f"The request took longer than the time limit of {seconds:g} s and was stopped. "
+                           "Try fewer steps, a smaller size or fewer images.", title="Time limit")
+
+
 def request_info(request: GenerationRequest) -> dict[str, Any]:
     """The parameters a result was made with, as shown next to it and returned by the APIs."""
     info: dict[str, Any] = {"mode": request.mode}
@@ -299,9 +304,7 @@ class Playground:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled()
             if self.time_limit_seconds and time.monotonic() - started > self.time_limit_seconds:
-                raise GenerationError(f"The request took longer than the time limit of {self.time_limit_seconds:g} s "
-                                      "and was stopped. Try fewer steps, a smaller size or fewer images.",
-                                      title="Time limit")
+                raise time_limit_error(self.time_limit_seconds)
             if on_step is not None:
                 on_step(image_index, step_done, steps, latents)
 

@@ -21,6 +21,7 @@ from pipelines.loras import adapters
 from pipelines.loras.adapters import UserLora
 from pipelines.loras.library import LoraLibrary
 from pipelines.models.acceleration import apply_profile
+from pipelines.models.context_parallel import enable_context_parallel
 from pipelines.models.components import (
     COMPONENTS,
     CONTROL_COMPONENTS,
@@ -85,6 +86,9 @@ class PipelineManager:
     _accelerated: dict[str, dict] = field(default_factory=dict)
     compile_info: dict = field(default_factory=dict)  # the compile cache and warm-up, set at start
     _swapper: Swapper | None = None
+    # One image over several ranks (context_parallel.py): diffusers' ContextParallelConfig, put
+    # on every FLUX transformer as it loads; the process group is set up by the caller.
+    context_parallel: Any = None
 
     def __post_init__(self):
         self.loras = LoraLibrary(self.max_loras)
@@ -141,6 +145,8 @@ class PipelineManager:
             self._swapper.activate(name)
         else:
             module = module.to(device)
+        if name in TRANSFORMERS and self.context_parallel is not None:
+            enable_context_parallel(module, self.context_parallel)
         if name in TRANSFORMERS:
             # The dev transformer carries LoRAs (control and users'): fusion and float8 would
             # bypass or break them, so its profile skips those and says so.
@@ -256,6 +262,9 @@ class PipelineManager:
                 entry["dtype"] = str(next(loaded.parameters()).dtype).removeprefix("torch.")
                 entry["stored_as"] = stored_as(loaded)
                 entry["bytes"] = tensor_bytes(loaded)
+                parallel = getattr(loaded, "_parallel_config", None)  # diffusers' mark of enable_parallelism
+                if parallel is not None and parallel.context_parallel_config is not None:
+                    entry["split_over"] = parallel._world_size  # ranks that share each image
             components[name] = entry
         pipelines = {
             name: {

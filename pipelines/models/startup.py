@@ -126,10 +126,12 @@ def demo_lora_folders(manager: PipelineManager) -> tuple[Path, ...]:
     return (folder,) if manager.sources.demo and folder.is_dir() else ()
 
 
-def start_manager(args: argparse.Namespace, load: bool = True) -> tuple[PipelineManager, str | None, MemoryPlan]:
+def start_manager(args: argparse.Namespace, load: bool = True,
+                  context_parallel=None) -> tuple[PipelineManager, str | None, MemoryPlan]:
     """The real models when they load; otherwise the demo family and the reason why. With the
     memory plan the manager was placed by. `load=False`: generation runs elsewhere (Ray Serve's
-    ingress): the real models' manager is built but loads, compiles and falls back to nothing."""
+    ingress): the real models' manager is built but loads, compiles and falls back to nothing.
+    `context_parallel`: a ContextParallelConfig for the transformers (its process group set up)."""
     placement = pick_placement(args.device, args.dtype)
     fill, max_loras = bool(args.fill_model), args.max_loras
     profile: Profile = ACCELERATION.profile(args.acceleration)
@@ -137,7 +139,7 @@ def start_manager(args: argparse.Namespace, load: bool = True) -> tuple[Pipeline
         return _start(args, placement, fill, max_loras, profile, load=False)
     # Before anything compiles: inductor's cache folder, and what an earlier run saved there.
     compile_cache = setup_compile_cache(args.compile_cache) if profile.compile else {}
-    manager, reason, plan = _start(args, placement, fill, max_loras, profile)
+    manager, reason, plan = _start(args, placement, fill, max_loras, profile, context_parallel=context_parallel)
     manager.compile_info = {"cache": compile_cache, "warm_up": warm_up_compiled(manager, args.warm_up, compile_cache)}
     return manager, reason, plan
 
@@ -147,8 +149,9 @@ def quantize_allowed(args: argparse.Namespace) -> bool:
     return getattr(args, "quantize", "none") == "auto"
 
 
-def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile, load: bool = True):
-    options = {"acceleration": profile, "lora_rank": args.lora_rank}
+def _start(args, placement: Placement, fill: bool, max_loras: int, profile: Profile, load: bool = True,
+           context_parallel=None):
+    options = {"acceleration": profile, "lora_rank": args.lora_rank, "context_parallel": context_parallel}
     if args.demo:
         log.warning("FLUX Playground is starting in DEMO mode (--demo): results come from a tiny "
                     "random-weight model and look like noise")

@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 import requests
@@ -65,7 +66,8 @@ def ray_app(family, tmp_path_factory):
 
     outputs = tmp_path_factory.mktemp("ray-outputs")
     env = {name: os.environ[name] for name in ("FLUX_PLAYGROUND_DEMO_MODELS", "HF_HUB_OFFLINE") if name in os.environ}
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    # Logical CPUs: each replica takes one (its torch threads), a second application included.
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {**env, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -107,9 +109,9 @@ def ray_status(base_url: str) -> dict:
     return status_client(base_url).predict(api_name="/status")["workers"]
 
 
-def single_process_image(tmp_path: Path, seed: int) -> Image.Image:
-    """The same RunPod request to the app as `python app.py` serves it (in this process), on
-    one thread as a worker with num_cpus=1 (Ray sets its OMP_NUM_THREADS): another thread
+def single_process_images(tmp_path: Path, requests_to):
+    """`requests_to(base URL)` sent to the app as `python app.py` serves it (in this process),
+    on one thread as a worker with num_cpus=1 (Ray sets its OMP_NUM_THREADS): another thread
     count sums in another order, a step of 1 in a few pixels."""
     import torch
 
@@ -117,9 +119,13 @@ def single_process_image(tmp_path: Path, seed: int) -> Image.Image:
     torch.set_num_threads(1)
     try:
         with running_server([], tmp_path) as (_, _, url):
-            return image_and_parameters(run_sync(url, seed=seed)["output"]["image_url"])[0]
+            return requests_to(url)
     finally:
         torch.set_num_threads(threads)
+
+
+def single_process_image(tmp_path: Path, seed: int) -> Image.Image:
+    return single_process_images(tmp_path, lambda url: via_runpod(url, seed)[0])
 
 
 def via_runpod(base_url: str, seed: int) -> tuple[Image.Image, dict]:
@@ -161,6 +167,7 @@ def test_requests_from_every_way_in_spread_over_both_workers_with_the_single_pro
     assert set(cards) == workers
     for card in cards.values():  # each worker says where it runs and what it holds
         assert card["device"] == "cpu" and card["running"] is None and card["requests_served"] >= 1
+        assert card["ranks"] == 1 and "split_over" not in card["holds"]["components"]["transformer"]
         assert {"transformer", "text_encoder_2", "vae"} <= set(card["holds"]["components"])
         assert card["holds"]["components"]["transformer"]["bytes"] > 0 and card["holds"]["resident_bytes"] > 0
 
@@ -242,7 +249,7 @@ def test_the_worker_count_or_autoscaling_range_sets_how_many_run_at_once():
 def worker_actor_names() -> list[str]:
     """The live FluxWorker replicas' actor names."""
     return [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
-            if "FluxWorker" in actor["name"]]
+            if "::flux#FluxWorker#" in actor["name"]]
 
 
 class FakeWorkers:
@@ -286,3 +293,59 @@ def test_the_runner_sends_a_request_again_when_its_worker_is_lost_and_passes_on_
     lost = [ActorDiedError()] * 4
     with pytest.raises(GenerationError, match="4 workers were lost"):
         RayRunner(FakeWorkers(lost), 2, "flux").run(None, "r4", None, None)
+
+
+FAL_LORA = {"prompt": SMALL["prompt"], "image_size": {"width": 256, "height": 256}, "num_inference_steps": 2,
+            "output_format": "png", "loras": [{"path": "tiny-style-lora", "scale": 1}]}
+
+
+def via_fal_lora(base_url: str, seed: int) -> Image.Image:
+    """fal's flux-lora route: it loads the LoRA named by path, then generates with it."""
+    response = requests.post(base_url + "fal-ai/flux-lora", json={**FAL_LORA, "seed": seed}, timeout=300)
+    assert response.status_code == 200, response.text
+    return image_and_parameters(response.json()["images"][0]["url"])[0]
+
+
+@pytest.fixture
+def split_worker(ray_app, tmp_path_factory):
+    """A second application on the same cluster (under /cp/): one worker given two ranks, each
+    image split over them (context parallelism, gloo on CPU)."""
+    from deploy.serve_app import build_app
+
+    outputs = tmp_path_factory.mktemp("ray-cp-outputs")
+    flags = f"--demo --outputs-dir {outputs} --lora-dir {outputs / 'loras'}"
+    serve.run(build_app({"flags": flags, "workers": 1, "context_parallel": 2}), name="flux-cp", route_prefix="/cp")
+    try:
+        yield ray_app + "cp/"
+    finally:
+        serve.delete("flux-cp")
+
+
+def test_a_worker_of_two_ranks_splits_each_image_and_draws_the_single_process_pixels(split_worker, tmp_path):
+    """Both ranks run every request (LoRAs too: fal's flux-lora loads one first); the split
+    sums in another order, so a pixel may be one level off."""
+    split = [via_runpod(split_worker, 1)[0], via_fal_lora(split_worker, 2)]
+    reference = single_process_images(tmp_path, lambda url: [via_runpod(url, 1)[0], via_fal_lora(url, 2)])
+    for image, expected in zip(split, reference, strict=True):
+        difference = np.abs(np.asarray(image.convert("RGB"), int) - np.asarray(expected.convert("RGB"), int))
+        assert image.size == (256, 256) and difference.max() <= 1 and difference.mean() < 0.01, difference.max()
+    assert np.abs(np.asarray(split[0], int) - np.asarray(split[1], int)).mean() > 1  # seed and LoRA tell
+    card = ray_status(split_worker)["workers"][0]
+    assert card["ranks"] == 2 and card["holds"]["loras"] == ["tiny-style-lora"] and card["requests_served"] == 2
+    assert card["holds"]["components"]["transformer"]["split_over"] == 2
+
+
+@pytest.mark.parametrize("config", ["serve.yaml", "rayservice.yaml"])
+def test_the_shipped_serve_configs_are_valid_for_serve_and_the_builder(config):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from deploy.serve_app import FluxIngress, FluxWorker, build_app
+
+    loaded = yaml.safe_load((REPO / "deploy" / config).read_text())
+    if loaded.get("kind") == "RayService":
+        loaded = yaml.safe_load(loaded["spec"]["serveConfigV2"])
+    for application in ServeDeploySchema.model_validate(loaded).applications:
+        assert application.import_path == "deploy.serve_app:build_app"
+        assert {deployment.name for deployment in application.deployments} <= {FluxWorker.name, FluxIngress.name}
+        build_app(application.args)  # the builder takes its args

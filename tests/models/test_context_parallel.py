@@ -1,4 +1,4 @@
-"""deploy/context_parallel.py: one image split over two gloo processes on CPU (Ulysses attention)
+"""pipelines/models/context_parallel.py: one image split over two gloo processes on CPU (Ulysses attention)
 draws the pixels one process draws, on the demo family; and the splits it refuses."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import free_port
 
-from deploy.context_parallel import (
+from pipelines.models.context_parallel import (
     attention_backend,
     broadcast_request,
     follow,
@@ -53,6 +53,9 @@ def rank_process(rank: int, port: int, model: str, out: Path) -> None:
             follow(lambda request: generate(pipe, request))
         (out / f"tokens-{rank}.json").write_text(json.dumps(seen))
     finally:
+        # Together: a rank that tears gloo down while the other still talks aborts ("terminate
+        # called without an active exception").
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

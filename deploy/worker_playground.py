@@ -1,0 +1,30 @@
+"""A worker's Playground: the manager and safety checker `python app.py` would build, used
+only to run requests (`generate_here`); the ingress keeps the line and stores the results."""
+
+from __future__ import annotations
+
+import shlex
+import tempfile
+from pathlib import Path
+
+import app
+from pipelines.models.startup import start_manager
+from pipelines.outputs.results import ResultStore
+from pipelines.outputs.safety import SafetyChecker
+from pipelines.service import Playground
+
+
+def parsed_flags(flags: str | list[str]):
+    """The app's own flags (`--demo --max-queue 32`), as `python app.py` parses them."""
+    return app.parse_args(shlex.split(flags) if isinstance(flags, str) else list(flags))
+
+
+def worker_playground(args, context_parallel=None, time_limit_seconds: float | None = None) -> Playground:
+    """`context_parallel`: the transformers' ContextParallelConfig on a worker of several
+    ranks; `time_limit_seconds`: instead of the flags' (0: the caller keeps the limit)."""
+    manager, demo_reason, plan = start_manager(args, context_parallel=context_parallel)
+    safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
+                           local_files_only=manager.local_files_only)
+    unused_store = ResultStore(Path(tempfile.mkdtemp(prefix="flux-worker-")), retention_seconds=3600)
+    limit = args.time_limit if time_limit_seconds is None else time_limit_seconds
+    return Playground(manager, unused_store, demo_reason, safety, time_limit_seconds=limit, memory_plan=plan)
