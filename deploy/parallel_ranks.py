@@ -14,12 +14,10 @@ import logging
 import multiprocessing
 import os
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,8 +25,11 @@ import torch.distributed as dist
 from ray import cloudpickle  # what Ray sends requests with: the frozen requests' mappingproxy fields too
 
 from deploy.worker_loras import ShippedLora, WorkerLoras
+from pipelines.errors import GenerationCancelled, GenerationError
+from pipelines.models.acceleration import request_cache_kind
 from pipelines.models.context_parallel import broadcast_request, image_tokens, parallel_config, process_group_backend
 from pipelines.models.context_parallel import split_problem as token_split_problem
+from pipelines.service import time_limit_error
 
 log = logging.getLogger("flux_playground")
 
@@ -80,8 +81,9 @@ def exit_with(parent_pid: int) -> None:
 
 
 def follower_main(rank: int, degree: int, port: int, flags: str | list[str], parent_pid: int) -> None:
-    """Rank 1..N-1: build the same playground, then run what rank 0 broadcasts until None."""
-    from deploy.worker_playground import parsed_flags, worker_playground
+    """Rank 1..N-1: build the same playground, then take each message rank 0 broadcasts as
+    rank 0 takes it (`RankGroup.run`, `RankGroup.load_lora`), until None."""
+    from deploy.worker_playground import parsed_flags, scratch_folder, worker_playground
 
     exit_with(parent_pid)
     join_group(rank, degree, port)
@@ -89,26 +91,46 @@ def follower_main(rank: int, degree: int, port: int, flags: str | list[str], par
     if torch.cuda.is_available():
         args.device = f"cuda:{rank}"
     playground = worker_playground(args, parallel_config(degree), time_limit_seconds=0)
-    loras = WorkerLoras(playground.manager, Path(tempfile.mkdtemp(prefix=f"flux-rank{rank}-loras-")))
+    loras = WorkerLoras(playground.manager, scratch_folder(f"flux-rank{rank}-loras-"))
     while (box := broadcast_request(None)) is not None:
         message = cloudpickle.loads(box["pickled"])
-        try:
-            if message["kind"] == "load_lora":
-                loras.load(message["lora"])
-            else:
-                request = message["request"]
-                loras.take_up(message["loras"], request.loras)
-                playground.generate_here(request, message["request_id"], None, AgreedStop())
-        except Exception:  # noqa: BLE001 - rank 0 meets the same error and reports it
-            log.debug("rank %d: the request failed here too", rank, exc_info=True)
+        if message["kind"] == "load_lora":
+            agree(attempt(lambda: (loras.take_up(message["loras"], ()), loras.load(message["lora"]))) is None)
+            continue
+        request = message["request"]
+        if not agree(attempt(lambda: loras.take_up(message["loras"], request.loras)) is None):
+            continue
+        attempt(lambda: playground.generate_here(request, message["request_id"], None, AgreedStop()))
+        agree(True)  # the run's end: every rank meets here, whatever its own run did
     dist.destroy_process_group()
+
+
+def attempt(work) -> Exception | None:
+    """`work()`'s error, or None: a follower's failures are rank 0's too, which reports them."""
+    try:
+        work()
+    except Exception as error:  # noqa: BLE001
+        log.debug("this rank's part failed: %s", error, exc_info=True)
+        return error
+    return None
+
+
+def agree(ok: bool) -> bool:
+    """Whether every rank is ok (each rank says so at the same point)."""
+    flag = torch.tensor([1 if ok else 0], device=rank_device(dist.get_rank()))
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 class RankGroup:
     """Rank 0's side: the followers, and the broadcast of each request to them."""
 
     def __init__(self, flags: str | list[str], degree: int):
+        if torch.cuda.is_available() and torch.cuda.device_count() < degree:
+            raise RuntimeError(f"context_parallel {degree} needs {degree} GPUs; this worker has "
+                               f"{torch.cuda.device_count()} (give FluxWorker num_gpus: {degree})")
         self.degree = degree
+        self.broken: str | None = None
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -123,18 +145,73 @@ class RankGroup:
     def config(self):
         return parallel_config(self.degree)
 
-    def split_problem(self, request, heads: int) -> str | None:
-        """Why the request's image cannot be split over the ranks, or None."""
-        return token_split_problem(self.degree, heads=heads, image_tokens=image_tokens(request.width, request.height))
+    def run(self, playground, loras: WorkerLoras, request, request_id: str, listed: dict[str, ShippedLora],
+            on_step, cancel: threading.Event, time_limit_seconds: float):
+        """Run one request on every rank; rank 0's Generated. Anything refused is refused
+        before the followers hear of it; after that, each stage ends with all ranks agreeing."""
+        request = self.runnable(request, playground.manager)
+        named = [name for name, _ in request.loras]
+        self.broadcast({"kind": "generate", "request": request, "request_id": request_id,
+                        "loras": with_bytes(listed, named)})
+        failure = attempt(lambda: loras.take_up(listed, request.loras))
+        if not agree(failure is None):
+            raise failure or RuntimeError("another rank could not load the request's LoRAs")
+        stop = AgreedStop(cancel, time_limit_seconds)
+        try:
+            return playground.generate_here(request, request_id, on_step, stop)
+        except GenerationCancelled:
+            if stop.timed_out:
+                raise time_limit_error(time_limit_seconds) from None
+            raise
+        finally:
+            self.settle()
+
+    def load_lora(self, loras: WorkerLoras, shipped: ShippedLora, listed: dict[str, ShippedLora]) -> dict:
+        """Load a LoRA on every rank (after dropping what the ingress no longer lists)."""
+        self.broadcast({"kind": "load_lora", "lora": with_bytes({shipped.name: shipped}, [shipped.name])[shipped.name],
+                        "loras": with_bytes(listed, [])})
+        status: dict = {}
+        failure = attempt(lambda: (loras.take_up(listed, ()), status.update(loras.load(shipped))))
+        if not agree(failure is None):
+            raise failure or RuntimeError(f"another rank could not load {shipped.name}")
+        return status
+
+    def runnable(self, request, manager):
+        """The request as the ranks can run it, or a GenerationError saying why not: the image
+        must split evenly, and First Block Cache (which decides per rank whether to skip the
+        remaining blocks, from its own tokens) gives way to TaylorSeer (a fixed schedule)."""
+        heads = manager.component("transformer").config.num_attention_heads
+        tokens = image_tokens(request.width, request.height)
+        problem = token_split_problem(self.degree, heads=heads, image_tokens=tokens)
+        if problem:
+            raise GenerationError(f"This worker splits each image over {self.degree} GPUs, and {problem}; "
+                                  "choose another width or height.", title="Not available on this worker")
+        requested = None if request.step_cache == "auto" else request.step_cache
+        if request_cache_kind(manager.acceleration, requested) == "first_block":
+            note = (f"step_cache first_block ran as taylorseer: this worker splits each image over {self.degree} "
+                    "GPUs, and First Block Cache would decide differently on each")
+            request = replace(request, step_cache="taylorseer", warnings=(*request.warnings, note))
+        return request
+
+    def settle(self) -> None:
+        """Every rank meets after a run. A rank that failed alone inside a collective (out of
+        memory on its GPU) leaves the group out of step, and this fails too: the worker is
+        then broken, its health check says so, and Serve starts it again."""
+        try:
+            agree(True)
+        except Exception as error:  # noqa: BLE001
+            self.broken = f"the ranks are out of step ({type(error).__name__}: {error})"
+            raise GenerationError(f"This worker's GPUs lost each other ({error}); it is being restarted.",
+                                  title="Worker restarting") from None
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Send rank 0's next request to the followers (who run it as rank 0 does)."""
         broadcast_request({"pickled": cloudpickle.dumps(message)})
 
     def problem(self) -> str | None:
-        """Why the group cannot run requests any more (a follower gone), or None."""
+        """Why the group cannot run requests any more (a follower gone, out of step), or None."""
         gone = [follower.name for follower in self.followers if not follower.is_alive()]
-        return f"rank processes gone: {', '.join(gone)}" if gone else None
+        return f"rank processes gone: {', '.join(gone)}" if gone else self.broken
 
     def close(self) -> None:
         for follower in self.followers:

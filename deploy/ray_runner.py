@@ -77,7 +77,9 @@ class RayRunner:
         take it up before their first request naming it."""
         shipped = ship_lora(file, name, source)
         # The loader's own errors, as the service maps them for the local manager's.
-        status = self._with_retries(f"load_lora {name}", lambda: self.workers.load_lora.remote(shipped).result(),
+        listed = {other: lora for other, lora in self.loras.items() if other != name}
+        status = self._with_retries(f"load_lora {name}",
+                                    lambda: self.workers.load_lora.remote(shipped, listed).result(),
                                     errors=lambda error: error.cause)
         self.loras[name] = shipped
         return user_lora(shipped, file, status)

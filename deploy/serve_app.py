@@ -11,24 +11,28 @@ goes to a worker.
 from __future__ import annotations
 
 import asyncio
-import tempfile
+import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 import app
-from deploy.parallel_ranks import AgreedStop, RankGroup, with_bytes
+from deploy.parallel_ranks import RankGroup
 from deploy.ray_runner import RayRunner
 from deploy.worker_loras import ShippedLora, WorkerLoras
-from deploy.worker_playground import parsed_flags, worker_playground
+from deploy.worker_playground import parsed_flags, scratch_folder, worker_playground
 from deploy.worker_registry import registry, worker_card
 from pipelines.errors import FieldError, GenerationCancelled, GenerationError
 from pipelines.models.startup import limit_malloc_arenas
-from pipelines.service import Generated, GenerationRequest, time_limit_error
+from pipelines.service import Generated, GenerationRequest
+
+log = logging.getLogger("flux_playground")
+
+
+SPLITS = (1, 2, 4, 8)  # context_parallel: GPUs per worker
 
 
 def device_problem(device) -> str | None:
@@ -63,8 +67,8 @@ class FluxWorker:
         context = serve.get_replica_context()
         self.name, self.actor_name = context.replica_id.unique_id, context.replica_id.to_full_id_str()
         self.registry = registry(context.app_name)
-        self.loras = WorkerLoras(self.playground.manager, Path(tempfile.mkdtemp(prefix="flux-worker-loras-")))
-        self.counts: dict[str, Any] = {"requests_served": 0, "cancelled": 0, "running": None,
+        self.loras = WorkerLoras(self.playground.manager, scratch_folder("flux-worker-loras-"))
+        self.counts: dict[str, Any] = {"requests_served": 0, "cancelled": 0, "failed": 0, "running": None,
                                        "started_at": time.time(), "ranks": context_parallel}
         self._one_at_a_time = threading.Lock()  # a cancelled run still finishing its step holds it
         self._report()
@@ -105,52 +109,46 @@ class FluxWorker:
 
     def _run(self, request, request_id, loras, on_step, cancel) -> Generated:
         with self._one_at_a_time:
+            if cancel.is_set():  # cancelled while a cancelled run before it was still stopping
+                raise GenerationCancelled()
             self.counts["running"] = request_id
             self._report()
+            outcome = "failed"
             try:
-                stop = cancel if self.ranks is None else self._start_on_ranks(request, request_id, loras, cancel)
-                self._take_up_loras(loras, request.loras)
-                generated = self.playground.generate_here(request, request_id, on_step, stop)
+                generated = self._run_here(request, request_id, loras, on_step, cancel)
+                outcome = "requests_served"
             except GenerationCancelled:
-                if isinstance(stop, AgreedStop) and stop.timed_out:
-                    raise time_limit_error(self.time_limit) from None
+                outcome = "cancelled"
                 raise
+            except FieldError as error:  # only the LoRA take-up raises these here
+                raise GenerationError(f"This worker could not load the request's LoRAs: {error.message}.",
+                                      title="LoRA not available") from None
             finally:
                 self.counts["running"] = None
-                self.counts["cancelled" if cancel.is_set() else "requests_served"] += 1
+                self.counts[outcome] += 1
                 self._report()
         generated.worker = self.name
         return generated
 
-    def _start_on_ranks(self, request, request_id: str, loras: dict[str, ShippedLora],
-                        cancel: threading.Event) -> AgreedStop:
-        """Send the request to the other ranks, which run it alongside this one; their stop flag."""
-        heads = self.playground.manager.component("transformer").config.num_attention_heads
-        problem = self.ranks.split_problem(request, heads)
-        if problem:
-            raise GenerationError(f"This worker splits each image over {self.ranks.degree} GPUs, and {problem}; "
-                                  "choose another width or height.", title="Not available on this worker")
-        self.ranks.broadcast({"kind": "generate", "request": request, "request_id": request_id,
-                              "loras": with_bytes(loras, self.loras.missing(loras, request.loras))})
-        return AgreedStop(cancel, self.time_limit)
+    def _run_here(self, request, request_id, loras, on_step, cancel) -> Generated:
+        if self.ranks is not None:
+            return self.ranks.run(self.playground, self.loras, request, request_id, loras, on_step, cancel,
+                                  self.time_limit)
+        self.loras.take_up(loras, request.loras)
+        return self.playground.generate_here(request, request_id, on_step, cancel)
 
-    def _take_up_loras(self, listed: dict[str, ShippedLora], named: tuple[tuple[str, float], ...]) -> None:
-        try:
-            self.loras.take_up(listed, named)
-        except (FieldError, ValueError, OSError, RuntimeError) as error:
-            raise GenerationError(f"This worker could not load the request's LoRAs ({error}).",
-                                  title="LoRA not available") from None
+    async def load_lora(self, shipped: ShippedLora, listed: dict[str, ShippedLora]) -> dict[str, Any]:
+        """Load a LoRA the ingress is adding to its list (`listed`, without it); its status,
+        or the loader's error."""
+        return await asyncio.to_thread(self._load_lora, shipped, listed)
 
-    async def load_lora(self, shipped: ShippedLora) -> dict[str, Any]:
-        """Load a LoRA the ingress is adding to its list; its status, or the loader's error."""
-        return await asyncio.to_thread(self._load_lora, shipped)
-
-    def _load_lora(self, shipped: ShippedLora) -> dict[str, Any]:
+    def _load_lora(self, shipped: ShippedLora, listed: dict[str, ShippedLora]) -> dict[str, Any]:
         with self._one_at_a_time:
             if self.ranks is not None:
-                self.ranks.broadcast({"kind": "load_lora", "lora": with_bytes({shipped.name: shipped},
-                                                                              [shipped.name])[shipped.name]})
-            status = self.loras.load(shipped)
+                status = self.ranks.load_lora(self.loras, shipped, listed)
+            else:
+                self.loras.take_up(listed, ())  # first what the ingress unloaded: room for this one
+                status = self.loras.load(shipped)
         self._report()
         return status
 
@@ -164,8 +162,11 @@ class FluxWorker:
             raise RuntimeError(problem)
 
     def _report(self) -> None:
-        self.registry.report.remote(worker_card(self.name, self.actor_name, self.playground.manager.status(),
-                                                dict(self.counts)))
+        try:
+            self.registry.report.remote(worker_card(self.name, self.actor_name, self.playground.manager.status(),
+                                                    dict(self.counts)))
+        except Exception as error:  # noqa: BLE001 - a card missed is no reason to fail a request
+            log.warning("worker %s: could not report to the registry: %s", self.name, error)
 
     def __del__(self):  # Serve stopping the replica on purpose (scaling down, redeploying)
         registry_actor = getattr(self, "registry", None)
@@ -212,5 +213,7 @@ def build_app(config: dict[str, Any]):
     e.g. "--demo"), `workers` or `autoscaling` (see `worker_scaling`), and `context_parallel`
     (GPUs per worker, each image split over them; give FluxWorker as many num_gpus)."""
     flags, degree = config.get("flags", ""), int(config.get("context_parallel", 1))
+    if degree not in SPLITS:  # FLUX's 24 heads and 512 text tokens split evenly only so
+        raise ValueError(f"context_parallel must be one of {', '.join(map(str, SPLITS))}, not {degree}")
     options, capacity = worker_scaling(config)
     return FluxIngress.bind(FluxWorker.options(**options).bind(flags, degree), flags, capacity)

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from pipelines.errors import FieldError
 from pipelines.loras.adapters import UserLora
 from pipelines.models.manager import PipelineManager
 
@@ -58,6 +59,9 @@ class WorkerLoras:
     def take_up(self, listed: dict[str, ShippedLora], named: tuple[tuple[str, float], ...]) -> None:
         """Unload what the ingress no longer lists, then load what the request names and this
         worker lacks."""
+        unlisted = [name for name, _ in named if name not in listed]
+        if unlisted:
+            raise FieldError("loras", f"{', '.join(unlisted)} was unloaded while the request waited; load it again")
         keep = {shipped.key for shipped in listed.values()}
         for name, digest in list(self.loaded.items()):
             if (name, digest) not in keep:
@@ -73,7 +77,7 @@ class WorkerLoras:
         """Load one LoRA from the object store onto the transformer; its `UserLora.status()`."""
         if shipped.name in self.loaded:  # the same name with other weights: the old ones go first
             self.unload(shipped.name)
-        file = self.folder / shipped.digest / shipped.file_name
+        file = self.folder / shipped.name / shipped.digest / shipped.file_name  # one per name: unloads never share
         if not file.exists():
             file.parent.mkdir(parents=True, exist_ok=True)
             data = shipped.data if isinstance(shipped.data, bytes) else ray.get(shipped.data)
@@ -83,6 +87,6 @@ class WorkerLoras:
         return lora.status()
 
     def unload(self, name: str) -> None:
-        digest = self.loaded.pop(name)
+        self.loaded.pop(name)
         self.manager.unload_lora(name)
-        shutil.rmtree(self.folder / digest, ignore_errors=True)
+        shutil.rmtree(self.folder / name, ignore_errors=True)

@@ -3,7 +3,9 @@ only to run requests (`generate_here`); the ingress keeps the line and stores th
 
 from __future__ import annotations
 
+import atexit
 import shlex
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,6 +27,13 @@ def worker_playground(args, context_parallel=None, time_limit_seconds: float | N
     manager, demo_reason, plan = start_manager(args, context_parallel=context_parallel)
     safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
                            local_files_only=manager.local_files_only)
-    unused_store = ResultStore(Path(tempfile.mkdtemp(prefix="flux-worker-")), retention_seconds=3600)
+    unused_store = ResultStore(scratch_folder("flux-worker-results-"), retention_seconds=3600)
     limit = args.time_limit if time_limit_seconds is None else time_limit_seconds
     return Playground(manager, unused_store, demo_reason, safety, time_limit_seconds=limit, memory_plan=plan)
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A temporary folder of this process, removed when it ends (normally)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, True)
+    return Path(folder)

@@ -158,6 +158,7 @@ class Playground:
         # Every way in waits in this one line; beyond `max_waiting` behind the one running, busy.
         self.queue = AcceleratorQueue(max_waiting, max_running=runner.capacity if runner else 1)
         self.time_limit_seconds = time_limit_seconds  # 0: no limit
+        self._lora_changes = threading.Lock()  # one LoRA load or unload at a time
 
     @property
     def outputs_dir(self) -> Path:
@@ -214,11 +215,13 @@ class Playground:
         file = fetch_lora(source, self.lora_sources, access, report)
         report(f"Loading {name} onto the FLUX.1 [dev] transformer", None)
         try:
-            if self.runner is not None:  # onto the workers; listed here, where requests are parsed
-                lora = self.runner.load_lora(file, name, source)
-                loras.record(lora)
-            else:
-                lora = self.manager.load_lora(str(file), name)
+            with self._lora_changes:  # room checked and taken in one step: two loads may race
+                loras.check_room(name)
+                if self.runner is not None:  # onto the workers; listed here, where requests are parsed
+                    lora = self.runner.load_lora(file, name, source)
+                    loras.record(lora)
+                else:
+                    lora = self.manager.load_lora(str(file), name)
         except FieldError:
             raise
         except (ValueError, OSError, RuntimeError, SafetensorError) as error:  # diffusers: not for this transformer
@@ -229,11 +232,12 @@ class Playground:
         return {"name": lora.name, **lora.status()}
 
     def unload_lora(self, name: str) -> None:
-        if self.runner is not None:
-            self.manager.loras.forget(name)
-            self.runner.unload_lora(name)
-        else:
-            self.manager.unload_lora(name)
+        with self._lora_changes:
+            if self.runner is not None:
+                self.manager.loras.forget(name)
+                self.runner.unload_lora(name)
+            else:
+                self.manager.unload_lora(name)
 
     @property
     def max_waiting(self) -> int:

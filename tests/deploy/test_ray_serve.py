@@ -135,9 +135,9 @@ def via_runpod(base_url: str, seed: int) -> tuple[Image.Image, dict]:
 def via_gradio_client(base_url: str, seed: int, **fields) -> tuple[Image.Image, dict]:
     from gradio_client import Client
 
-    result = Client(base_url, verbose=False).predict(prompt=SMALL["prompt"], width=256, height=256,
-                                                     num_inference_steps=2, seed=seed, **fields,
-                                                     api_name="/text_to_image")
+    fields = {"width": 256, "height": 256, **fields}
+    result = Client(base_url, verbose=False).predict(prompt=SMALL["prompt"], num_inference_steps=2, seed=seed,
+                                                     **fields, api_name="/text_to_image")
     return result_images(result)[0], result[2]
 
 
@@ -306,14 +306,14 @@ def via_fal_lora(base_url: str, seed: int) -> Image.Image:
     return image_and_parameters(response.json()["images"][0]["url"])[0]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def split_worker(ray_app, tmp_path_factory):
     """A second application on the same cluster (under /cp/): one worker given two ranks, each
     image split over them (context parallelism, gloo on CPU)."""
     from deploy.serve_app import build_app
 
     outputs = tmp_path_factory.mktemp("ray-cp-outputs")
-    flags = f"--demo --outputs-dir {outputs} --lora-dir {outputs / 'loras'}"
+    flags = f"--demo --outputs-dir {outputs} --lora-dir {outputs / 'loras'} --max-loras 1"
     serve.run(build_app({"flags": flags, "workers": 1, "context_parallel": 2}), name="flux-cp", route_prefix="/cp")
     try:
         yield ray_app + "cp/"
@@ -349,3 +349,27 @@ def test_the_shipped_serve_configs_are_valid_for_serve_and_the_builder(config):
         assert application.import_path == "deploy.serve_app:build_app"
         assert {deployment.name for deployment in application.deployments} <= {FluxWorker.name, FluxIngress.name}
         build_app(application.args)  # the builder takes its args
+
+
+def test_a_worker_of_two_ranks_refuses_what_it_cannot_split_and_serves_the_next_request(split_worker):
+    """Refused before the other rank hears of it, so the ranks stay in step; First Block Cache
+    gives way to TaylorSeer; and a LoRA unloaded at the ingress leaves room on every rank for
+    the next one (--max-loras 1)."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(split_worker, verbose=False)
+    with pytest.raises(AppError, match="289 image tokens don't split evenly over 2 ranks"):
+        via_gradio_client(split_worker, 3, width=272, height=272)
+    cached = via_gradio_client(split_worker, 3, step_cache="first_block")[1]
+    assert cached["step_cache"] == "taylorseer" and "ran as taylorseer" in " ".join(cached["warnings"])
+    if "tiny-style-lora" not in client.predict(api_name="/status")["loras"]:
+        client.predict(source="tiny-style-lora", name=None, api_name="/load_lora")
+    client.predict(name="tiny-style-lora", api_name="/unload_lora")
+    listed = client.predict(source="tiny-kohya-style.safetensors", name="kohya", api_name="/load_lora")
+    assert list(listed) == ["kohya"]
+    plain, styled = via_gradio_client(split_worker, 4)[0], via_gradio_client(split_worker, 4, loras="kohya:1")[0]
+    assert plain.size == styled.size == (256, 256)
+    assert np.abs(np.asarray(styled, int) - np.asarray(plain, int)).mean() > 1
+    card = ray_status(split_worker)["workers"][0]
+    assert card["holds"]["loras"] == ["kohya"] and card["failed"] == 1 and card["ranks"] == 2

@@ -6,22 +6,24 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import free_port
 
 from pipelines.models.context_parallel import (
     attention_backend,
     broadcast_request,
-    follow,
-    generate,
+    enable_context_parallel,
     image_tokens,
     parallel_config,
+    process_group_backend,
     split_problem,
-    start_rank,
 )
 
 REQUEST = {"prompt": "a fox in the snow", "width": 256, "height": 256, "num_inference_steps": 4,
@@ -31,6 +33,45 @@ REQUEST = {"prompt": "a fox in the snow", "width": 256, "height": 256, "num_infe
 TOLERANCE = 1e-4
 RANKS = 2
 SECONDS = 240
+
+
+# A plain FluxPipeline on each rank; deploy/parallel_ranks.py runs the app's manager the same way.
+
+def start_rank(model: str, *, kind: str = "ulysses", rank: int | None = None, world_size: int | None = None,
+               torch_dtype: torch.dtype | None = None):
+    """What each rank process runs first: join the process group (rank, world size and
+    MASTER_ADDR / MASTER_PORT come from the arguments or torchrun's environment), take GPU
+    LOCAL_RANK (else `rank`) where there are GPUs, and load the FluxPipeline from `model` with context
+    parallelism on. Returns the pipeline, on its device."""
+    rank = int(os.environ["RANK"]) if rank is None else rank
+    world_size = int(os.environ["WORLD_SIZE"]) if world_size is None else world_size
+    config = parallel_config(world_size, kind)  # a bad degree fails before anyone waits on the group
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))  # this node's GPU index (torchrun sets it)
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before nccl, so each rank talks from its own GPU
+    dist.init_process_group(process_group_backend(device), rank=rank, world_size=world_size)
+
+    from diffusers import FluxPipeline
+
+    dtype = torch_dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    pipe = FluxPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+    enable_context_parallel(pipe.transformer, config)
+    return pipe
+
+
+def follow(run: Callable[[dict[str, Any]], Any]) -> None:
+    """The loop of ranks 1..N-1: run each request rank 0 broadcasts, until it broadcasts None."""
+    while (request := broadcast_request(None)) is not None:
+        run(request)
+
+
+def generate(pipe, request: dict[str, Any]):
+    """One pipeline call for a request of FluxPipeline keyword arguments plus "seed". The
+    noise comes from a CPU generator, so it is the same on every rank and device."""
+    arguments = {key: value for key, value in request.items() if key != "seed"}
+    generator = torch.Generator("cpu").manual_seed(int(request["seed"]))
+    return pipe(generator=generator, **arguments)
 
 
 def rank_process(rank: int, port: int, model: str, out: Path) -> None:
