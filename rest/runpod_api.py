@@ -209,14 +209,16 @@ def create_router(playground, settings: RestSettings, jobs: JobRunner) -> APIRou
 
     @router.get("/{model}/health")
     def health(model: str):
-        """The endpoint's jobs by state, and its one worker: the accelerator, idle or running."""
+        """The endpoint's jobs by state, and its workers (the accelerator, or Ray Serve's
+        workers), idle or running."""
         route = known_model(model)
         if route is None:
             return unknown_endpoint(model)
         counts, line = jobs.store.counts("runpod", route), playground.queue.counts()
+        idle = playground.queue.max_running - line["running"]
         return {"jobs": {"completed": counts["completed"], "failed": counts["failed"] + counts["cancelled"],
                          "inProgress": counts["running"], "inQueue": counts["queued"], "retried": counts["retried"]},
-                "workers": {"idle": 1 - line["running"], "running": line["running"], "ready": 1 - line["running"],
+                "workers": {"idle": idle, "running": line["running"], "ready": idle,
                             "initializing": 0, "throttled": 0, "unhealthy": 0}}
 
     @router.post("/{model}/purge-queue")

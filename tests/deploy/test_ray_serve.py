@@ -373,3 +373,31 @@ def test_a_worker_of_two_ranks_refuses_what_it_cannot_split_and_serves_the_next_
     assert np.abs(np.asarray(styled, int) - np.asarray(plain, int)).mean() > 1
     card = ray_status(split_worker)["workers"][0]
     assert card["holds"]["loras"] == ["kohya"] and card["failed"] == 1 and card["ranks"] == 2
+
+
+def test_the_ingress_restarting_loses_no_job(ray_app):
+    """The job store is the ingress's (in its outputs folder): a job running when the ingress
+    is killed runs again, from its recorded request, once Serve has started a new one."""
+    job = requests.post(ray_app + RUNSYNC.replace("runsync", "run"), json={"input": {**SLOW, "seed": 9}},
+                        timeout=30).json()
+    wait_until(lambda: any(card["running"] for card in ray_status(ray_app)["workers"]), seconds=60)
+    killed = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+              if "::flux#FluxIngress#" in actor["name"]]
+    ray.kill(ray.get_actor(killed[0], namespace="serve"))
+    status_client.cache_clear()  # its session was the killed ingress's
+
+    def finished() -> dict | None:
+        try:
+            body = requests.get(ray_app + RUNSYNC.replace("runsync", f"status/{job['id']}"), timeout=10).json()
+        except (requests.RequestException, ValueError):  # no ingress yet
+            return None
+        return body if body.get("status") in ("COMPLETED", "FAILED", "CANCELLED") else None
+
+    body = wait_until(finished, seconds=240)
+    assert body["status"] == "COMPLETED", body
+    image, parameters = image_and_parameters(body["output"]["image_url"])
+    assert image.size == (512, 512) and parameters["seeds"] == [9]
+    assert ray_status(ray_app)["replicas"] == {"RUNNING": 2}
+    health = requests.get(ray_app + RUNSYNC.replace("runsync", "health"), timeout=30).json()
+    assert health["jobs"]["retried"] >= 1  # run again by the new ingress, not finished by the old
+    assert health["workers"] == {**health["workers"], "idle": 2, "running": 0}  # RunPod's view: two workers
