@@ -4,27 +4,32 @@ the openai SDK."""
 
 from __future__ import annotations
 
-import functools
-import io
 import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
 import requests
-from conftest import REPO, free_port, result_images, running_server, wait_until
-from PIL import Image
+from conftest import REPO, free_port, wait_until
 from ray import serve
-
-RUNSYNC = "v2/black-forest-labs-flux-1-dev/runsync"
-SMALL = {"prompt": "a fox in the snow", "width": 256, "height": 256, "num_inference_steps": 2,
-         "image_format": "png"}
-SLOW = {**SMALL, "width": 512, "height": 512, "num_inference_steps": 20}  # seconds: long enough to be killed in
+from ray_serving import (
+    RUNSYNC,
+    SLOW,
+    image_and_parameters,
+    ray_status,
+    run_sync,
+    single_process_images,
+    status_client,
+    via_fal_lora,
+    via_gradio_client,
+    via_openai,
+    via_runpod,
+    worker_actor_names,
+)
 
 
 def test_app_does_not_import_ray():
@@ -78,72 +83,6 @@ def ray_app(family, tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-def run_sync(base_url: str, **fields) -> dict:
-    response = requests.post(base_url + RUNSYNC, json={"input": {**SMALL, **fields}}, timeout=300)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["status"] == "COMPLETED", body
-    return body
-
-
-def image_and_parameters(url: str) -> tuple[Image.Image, dict]:
-    from pipelines.outputs.metadata import read_parameters
-
-    response = requests.get(url, timeout=30)
-    response.raise_for_status()
-    image = Image.open(io.BytesIO(response.content))
-    image.load()
-    return image, read_parameters(response.content)
-
-
-@functools.cache
-def status_client(base_url: str):
-    from gradio_client import Client
-
-    return Client(base_url, verbose=False)
-
-
-def ray_status(base_url: str) -> dict:
-    return status_client(base_url).predict(api_name="/status")["workers"]
-
-
-def single_process_images(tmp_path: Path, requests_to):
-    """`requests_to(base URL)` sent to the app as `python app.py` serves it (in this process),
-    on one thread as a worker with num_cpus=1 (Ray sets its OMP_NUM_THREADS): another thread
-    count sums in another order, a step of 1 in a few pixels."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with running_server([], tmp_path) as (_, _, url):
-            return requests_to(url)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def via_runpod(base_url: str, seed: int) -> tuple[Image.Image, dict]:
-    return image_and_parameters(run_sync(base_url, seed=seed)["output"]["image_url"])
-
-
-def via_gradio_client(base_url: str, seed: int, **fields) -> tuple[Image.Image, dict]:
-    from gradio_client import Client
-
-    fields = {"width": 256, "height": 256, **fields}
-    result = Client(base_url, verbose=False).predict(prompt=SMALL["prompt"], num_inference_steps=2, seed=seed,
-                                                     **fields, api_name="/text_to_image")
-    return result_images(result)[0], result[2]
-
-
-def via_openai(base_url: str, seed: int) -> tuple[Image.Image, dict]:
-    from openai import OpenAI
-
-    image = OpenAI(base_url=base_url + "v1", api_key="unused").images.generate(
-        model="flux.1-dev", prompt=SMALL["prompt"], size="256x256",
-        extra_body={"seed": seed, "num_inference_steps": 2, "output_format": "png"})
-    return image_and_parameters(image.data[0].url)
 
 
 def test_requests_from_every_way_in_spread_over_both_workers_with_the_single_process_images(ray_app, tmp_path):
@@ -222,7 +161,7 @@ def test_cancelling_a_job_stops_its_run_on_the_worker(ray_app):
     assert answer.status_code == 200, answer.text
     status_url = ray_app + RUNSYNC.replace("runsync", f"status/{job['id']}")
     wait_until(lambda: requests.get(status_url, timeout=30).json()["status"] == "CANCELLED", seconds=10)
-    # The worker stops at its next step, long before the run's 20 steps would end.
+    # The worker stops at its next step, long before the run's 40 steps would end.
     wait_until(lambda: not any(card["running"] for card in ray_status(ray_app)["workers"]), seconds=10)
     stopped_after = time.monotonic() - cancelled_at
     assert sum(card["cancelled"] for card in ray_status(ray_app)["workers"]) == cancelled_before + 1
@@ -242,12 +181,6 @@ def test_the_worker_count_or_autoscaling_range_sets_how_many_run_at_once():
         worker_scaling({"autoscaling": {"min_replicas": 1}})
     with pytest.raises(ValueError, match="workers must be 1 or more"):
         worker_scaling({"workers": 0})
-
-
-def worker_actor_names() -> list[str]:
-    """The live FluxWorker replicas' actor names."""
-    return [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
-            if "::flux#FluxWorker#" in actor["name"]]
 
 
 class FakeWorkers:
@@ -291,17 +224,6 @@ def test_the_runner_sends_a_request_again_when_its_worker_is_lost_and_passes_on_
     lost = [ActorDiedError()] * 4
     with pytest.raises(GenerationError, match="4 workers were lost"):
         RayRunner(FakeWorkers(lost), 2, "flux").run(None, "r4", None, None)
-
-
-FAL_LORA = {"prompt": SMALL["prompt"], "image_size": {"width": 256, "height": 256}, "num_inference_steps": 2,
-            "output_format": "png", "loras": [{"path": "tiny-style-lora", "scale": 1}]}
-
-
-def via_fal_lora(base_url: str, seed: int) -> Image.Image:
-    """fal's flux-lora route: it loads the LoRA named by path, then generates with it."""
-    response = requests.post(base_url + "fal-ai/flux-lora", json={**FAL_LORA, "seed": seed}, timeout=300)
-    assert response.status_code == 200, response.text
-    return image_and_parameters(response.json()["images"][0]["url"])[0]
 
 
 @pytest.fixture(scope="module")
@@ -394,7 +316,7 @@ def test_the_ingress_restarting_loses_no_job(ray_app):
     body = wait_until(finished, seconds=240)
     assert body["status"] == "COMPLETED", body
     image, parameters = image_and_parameters(body["output"]["image_url"])
-    assert image.size == (512, 512) and parameters["seeds"] == [9]
+    assert image.size == (1024, 1024) and parameters["seeds"] == [9]
     assert ray_status(ray_app)["replicas"] == {"RUNNING": 2}
     health = requests.get(ray_app + RUNSYNC.replace("runsync", "health"), timeout=30).json()
     assert health["jobs"]["retried"] >= 1  # run again by the new ingress, not finished by the old
