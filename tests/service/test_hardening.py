@@ -129,14 +129,17 @@ def test_forty_concurrent_jobs_each_get_images_or_a_clear_busy_error(family, fam
         request = {"prompt": "a fox", "image_size": "square", "num_inference_steps": 10, "live_preview": False,
                    "api_name": "/text_to_image"}
         rss = []
-        for _ in range(5):
+        for _ in range(7):
             # One running and four waiting are served (a few more if some finish while the
             # others still arrive); the rest are told to try again.
             served, busy = burst(users, request)
             assert served + busy == 40 and 5 <= served <= 12, (served, busy)
             rss.append(rss_megabytes(process.pid))
-        # After the first burst has warmed the caches, memory stays flat.
-        assert rss[-1] - rss[1] < 40, rss
+        # After the first burst has warmed the caches, memory stays flat. One reading swings by
+        # up to 50 MB here (seen with no leak): medians of three, three bursts apart. The leak
+        # this guards against (malloc arenas) grew about 24 MB a burst: 70 MB over three.
+        early, late = sorted(rss[1:4])[1], sorted(rss[4:7])[1]
+        assert late - early < 45, rss
         assert result_images(users[0].predict(**request))[0].size == (512, 512)
     finally:
         stop(process)
