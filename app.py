@@ -160,6 +160,12 @@ def logins(auth: str | None) -> list[tuple[str, str]] | None:
     return [(user.strip(), password) for user, password in pairs]
 
 
+def safety_checker(args: argparse.Namespace, manager) -> SafetyChecker:
+    """The safety checker on the manager's device, from its model source (the workers' too)."""
+    return SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
+                         local_files_only=manager.local_files_only)
+
+
 def create_server(args: argparse.Namespace, runner: Runner | None = None) -> tuple[FastAPI, Playground]:
     """One process, one manager: the REST APIs, the Gradio page and API, and the MCP server
     (`/gradio_api/mcp/`) on one FastAPI app. `runner`: where generation runs when not here
@@ -172,8 +178,7 @@ def create_server(args: argparse.Namespace, runner: Runner | None = None) -> tup
     manager, demo_reason, memory_plan = start_manager(args, load=runner is None)
     store = ResultStore(Path(args.outputs_dir), retention_seconds=args.retention_hours * 3600)
     store.start_sweeper()
-    safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
-                           local_files_only=manager.local_files_only)
+    safety = safety_checker(args, manager)
     lora_sources = LoraSourcePolicy(
         folders=(Path(args.lora_dir), *demo_lora_folders(manager)),
         fetch=FetchPolicy(allow_private=args.allow_private_urls, max_bytes=int(args.max_lora_mb * 1024 * 1024),

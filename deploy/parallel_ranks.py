@@ -131,6 +131,7 @@ class RankGroup:
                                f"{torch.cuda.device_count()} (give FluxWorker num_gpus: {degree})")
         self.degree = degree
         self.broken: str | None = None
+        self.loras_differ = False  # a LoRA take-up failed on some rank: the ranks may hold different ones
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -150,11 +151,15 @@ class RankGroup:
         """Run one request on every rank; rank 0's Generated. Anything refused is refused
         before the followers hear of it; after that, each stage ends with all ranks agreeing."""
         request = self.runnable(request, playground.manager)
+        # The followers hold what rank 0 holds, unless a take-up failed somewhere: then every
+        # file the request names goes again, rather than each one with every request.
         named = [name for name, _ in request.loras]
+        needed = named if self.loras_differ else loras.missing(listed, request.loras)
         self.broadcast({"kind": "generate", "request": request, "request_id": request_id,
-                        "loras": with_bytes(listed, named)})
+                        "loras": with_bytes(listed, needed)})
         failure = attempt(lambda: loras.take_up(listed, request.loras))
-        if not agree(failure is None):
+        self.loras_differ = not agree(failure is None)
+        if self.loras_differ:
             raise failure or RuntimeError("another rank could not load the request's LoRAs")
         stop = AgreedStop(cancel, time_limit_seconds)
         try:
@@ -172,7 +177,8 @@ class RankGroup:
                         "loras": with_bytes(listed, [])})
         status: dict = {}
         failure = attempt(lambda: (loras.take_up(listed, ()), status.update(loras.load(shipped))))
-        if not agree(failure is None):
+        self.loras_differ = not agree(failure is None)
+        if self.loras_differ:
             raise failure or RuntimeError(f"another rank could not load {shipped.name}")
         return status
 

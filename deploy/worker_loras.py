@@ -80,6 +80,8 @@ class WorkerLoras:
         file = self.folder / shipped.name / shipped.digest / shipped.file_name  # one per name: unloads never share
         if not file.exists():
             file.parent.mkdir(parents=True, exist_ok=True)
+            if shipped.data is None:
+                raise FileNotFoundError(f"the file of LoRA {shipped.name} was not sent to this rank")
             data = shipped.data if isinstance(shipped.data, bytes) else ray.get(shipped.data)
             file.write_bytes(data)
         lora = self.manager.load_lora(str(file), shipped.name)

@@ -12,7 +12,6 @@ from pathlib import Path
 import app
 from pipelines.models.startup import start_manager
 from pipelines.outputs.results import ResultStore
-from pipelines.outputs.safety import SafetyChecker
 from pipelines.service import Playground
 
 
@@ -25,8 +24,7 @@ def worker_playground(args, context_parallel=None, time_limit_seconds: float | N
     """`context_parallel`: the transformers' ContextParallelConfig on a worker of several
     ranks; `time_limit_seconds`: instead of the flags' (0: the caller keeps the limit)."""
     manager, demo_reason, plan = start_manager(args, context_parallel=context_parallel)
-    safety = SafetyChecker(manager.sources.safety, manager.placement.device, args.safety_threshold,
-                           local_files_only=manager.local_files_only)
+    safety = app.safety_checker(args, manager)
     unused_store = ResultStore(scratch_folder("flux-worker-results-"), retention_seconds=3600)
     limit = args.time_limit if time_limit_seconds is None else time_limit_seconds
     return Playground(manager, unused_store, demo_reason, safety, time_limit_seconds=limit, memory_plan=plan)

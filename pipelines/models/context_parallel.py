@@ -107,9 +107,10 @@ def enable_context_parallel(transformer, config) -> None:
     if degree != dist.get_world_size():
         raise ValueError(f"degree {degree} must equal the process group's {dist.get_world_size()} ranks")
     kind = "ring" if config.ring_degree > 1 else "ulysses"
-    heads = transformer.config.num_attention_heads
-    if kind == "ulysses" and heads % degree:
-        raise ValueError(f"{heads} attention heads don't split evenly over {degree} ranks")
+    # The heads and the text split the same for every request (the image: per request).
+    problem = split_problem(degree, heads=transformer.config.num_attention_heads, image_tokens=0, kind=kind)
+    if problem:
+        raise ValueError(problem)
     if kind == "ring" and attention_backend(transformer) == "native":
         raise ValueError("ring attention needs the log-sum-exp, which the native SDPA backend does not return: "
                          "on CUDA set e.g. transformer.set_attention_backend('_native_cudnn'); on CPU use ulysses")
